@@ -1,0 +1,43 @@
+# postpulse — `make demo` runs the pipeline on embedded defaults, `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.postpulse-installed
+BUNDLE ?= models/default
+
+.PHONY: install bundle demo test lint typecheck unit integration bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the CPU wheel of torch first, so no dependency can pull a CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(BUNDLE)/manifest.json: $(STAMP)
+	$(BIN)/postpulse export --out $(BUNDLE)
+
+bundle: $(BUNDLE)/manifest.json
+
+demo: bundle
+	$(BIN)/postpulse demo --bundle $(BUNDLE)
+
+lint: install
+	$(BIN)/ruff check streams encoders exporters tests benchmarks
+	$(BIN)/ruff format --check streams encoders exporters tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck bundle
+	POSTPULSE_TEST_BUNDLE=$(BUNDLE) $(BIN)/pytest -q -rs
+
+bench: bundle
+	$(PY) -m benchmarks.run --bundle $(BUNDLE) --out benchmarks/results/latest.json
+
+clean:
+	rm -rf $(VENV) models data .pytest_cache .mypy_cache .ruff_cache

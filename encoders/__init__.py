@@ -1,0 +1,1 @@
+"""Encoders: preprocessing, the encoder registry, checked ONNX export, ONNX Runtime sessions."""

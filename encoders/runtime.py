@@ -1,0 +1,87 @@
+"""ONNX Runtime sessions: CUDA execution provider when it can load, CPU otherwise."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+# onnxruntime-gpu 1.31 is built against CUDA 13 and cuDNN 9.
+_CUDA_LIBRARIES = ("libcudart.so.13", "libcublas.so.13", "libcudnn.so.9")
+
+
+class ProviderUnavailableError(RuntimeError):
+    """The requested execution provider cannot run on this machine."""
+
+
+@cache
+def cuda_loadable() -> bool:
+    """True when the CUDA provider is compiled in and its shared libraries load.
+
+    Asking onnxruntime for CUDA without the libraries logs an error and silently
+    falls back, so we probe the libraries ourselves first.
+    """
+    if CUDA not in ort.get_available_providers():
+        return False
+    for name in _CUDA_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            return False
+    return True
+
+
+def select_providers(device: Literal["auto", "cpu", "cuda"]) -> list[str]:
+    """Execution providers for ``device``; ``auto`` takes CUDA only when it loads."""
+    if device == "cpu":
+        return [CPU]
+    if cuda_loadable():
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise ProviderUnavailableError(
+            "device=cuda requested but the CUDA execution provider cannot load "
+            "(needs onnxruntime-gpu with CUDA 13 and cuDNN 9 libraries)"
+        )
+    return [CPU]
+
+
+class OnnxModel:
+    """One ONNX Runtime session over a model file, with its input and output names."""
+
+    def __init__(
+        self,
+        path: Path,
+        device: Literal["auto", "cpu", "cuda"] = "auto",
+        intra_op_threads: int = 0,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        providers = select_providers(device)
+        self.path = path
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.providers: list[str] = list(self.session.get_providers())
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        log.info("loaded %s on %s", path.name, self.providers[0])
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs this session."""
+        return self.providers[0]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the session; returns the outputs in declaration order."""
+        feed = {name: inputs[name] for name in self.input_names}
+        return list(self.session.run(self.output_names, feed))

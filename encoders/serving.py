@@ -1,0 +1,91 @@
+"""A model bundle loaded for serving: encoders on ONNX Runtime plus the fusion step.
+
+Torch-free: this is what the stream worker and the query CLI import.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from encoders.bundle import BundleError, Manifest, load_manifest
+from encoders.image import ImageEncoder
+from encoders.text import TextEncoder
+
+log = logging.getLogger(__name__)
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit length; all-zero rows stay zero."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, eps)).astype(np.float32)
+
+
+def early_fusion_baseline(parts: list[np.ndarray], presence: np.ndarray) -> np.ndarray:
+    """The untrained baseline post embedding.
+
+    ``parts`` are per-modality ``(n, d_m)`` embeddings (rows of absent modalities are
+    zero), ``presence`` the ``(n, M)`` 0/1 mask. Each modality is L2-normalised,
+    everything is concatenated with the mask, and the result is L2-normalised so that
+    Milvus COSINE and inner product agree.
+    """
+    normalised = [l2_normalize(p) * presence[:, [i]] for i, p in enumerate(parts)]
+    return l2_normalize(np.concatenate([*normalised, presence.astype(np.float32)], axis=1))
+
+
+class ServedBundle:
+    """Encoders and fusion of one bundle, ready to run."""
+
+    def __init__(
+        self,
+        path: Path,
+        device: Literal["auto", "cpu", "cuda"] = "auto",
+        intra_op_threads: int = 0,
+    ) -> None:
+        self.path = path
+        self.manifest: Manifest = load_manifest(path)
+        if self.manifest.fusion.strategy != "baseline-early-concat":
+            raise BundleError(f"fusion strategy {self.manifest.fusion.strategy!r} is not supported")
+        enc = self.manifest.encoders
+        missing = {"text", "image"} - set(enc)
+        if missing:
+            raise BundleError(f"bundle {path} lacks encoders for {sorted(missing)}")
+        self.text = TextEncoder(
+            (path / enc["text"].file).parent,
+            {**enc["text"].assets, "dim": enc["text"].dim, "file": Path(enc["text"].file).name},
+            device,
+            intra_op_threads,
+        )
+        self.image = ImageEncoder(
+            (path / enc["image"].file).parent,
+            {**enc["image"].assets, "dim": enc["image"].dim, "file": Path(enc["image"].file).name},
+            device,
+            intra_op_threads,
+        )
+        self.modalities: list[str] = list(self.manifest.fusion.modalities)
+        self.dim = self.manifest.fusion.dim
+        self.version = self.manifest.bundle_version
+        self.provider = self.text.model.provider
+
+    def fuse(self, embeddings: dict[str, np.ndarray], presence: np.ndarray) -> np.ndarray:
+        """Post embeddings from per-modality embeddings (in manifest order) and the mask."""
+        parts = [embeddings[m] for m in self.modalities]
+        fused = early_fusion_baseline(parts, presence)
+        if fused.shape[1] != self.dim:
+            raise BundleError(f"fused dim {fused.shape[1]} != manifest dim {self.dim}")
+        return fused
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Post embeddings for text-only queries (``similar --text``)."""
+        n = len(texts)
+        presence = np.zeros((n, len(self.modalities)), dtype=np.float32)
+        presence[:, self.modalities.index("text")] = 1.0
+        parts = {m: np.zeros((n, self._dim_of(m)), dtype=np.float32) for m in self.modalities}
+        parts["text"] = self.text.encode(texts)
+        return self.fuse(parts, presence)
+
+    def _dim_of(self, modality: str) -> int:
+        return self.manifest.encoders[modality].dim

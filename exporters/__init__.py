@@ -1,0 +1,1 @@
+"""Sinks: Milvus, Prometheus metrics, Kafka outputs, and an in-memory sink for tests."""

@@ -1,0 +1,224 @@
+"""Milvus: the post-embedding collection, a batching upsert sink, and similarity queries.
+
+Milvus Lite (a local ``.db`` path) by default; any Milvus server by URI. Writes are
+upserts keyed by ``post_id`` so a replay after a crash duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from exporters.base import BackpressureError, BatchingSink
+
+log = logging.getLogger(__name__)
+
+VECTOR_FIELD = "embedding"
+SCALAR_FIELDS: dict[str, tuple[DataType, dict[str, Any]]] = {
+    "created_at": (DataType.INT64, {}),
+    "platform": (DataType.VARCHAR, {"max_length": 64}),
+    "category": (DataType.VARCHAR, {"max_length": 64}),
+    "sentiment": (DataType.VARCHAR, {"max_length": 16}),
+    "popularity": (DataType.FLOAT, {"nullable": True}),
+    "modality_mask": (DataType.INT32, {}),
+    "bundle_version": (DataType.VARCHAR, {"max_length": 64}),
+}
+OUTPUT_FIELDS = ["post_id", *SCALAR_FIELDS]
+
+
+class SchemaMismatchError(RuntimeError):
+    """An existing collection's schema differs from what postpulse writes."""
+
+
+@dataclass(frozen=True)
+class EmbeddingRow:
+    """One post's fused embedding and its filterable fields."""
+
+    post_id: str
+    embedding: np.ndarray
+    created_at: int
+    platform: str
+    category: str
+    sentiment: str
+    popularity: float | None
+    modality_mask: int
+    bundle_version: str
+
+    def to_entity(self) -> dict[str, Any]:
+        """The row as Milvus expects it."""
+        return {
+            "post_id": self.post_id,
+            VECTOR_FIELD: self.embedding.astype(np.float32).tolist(),
+            "created_at": self.created_at,
+            "platform": self.platform[:64],
+            "category": self.category[:64],
+            "sentiment": self.sentiment,
+            "popularity": self.popularity,
+            "modality_mask": self.modality_mask,
+            "bundle_version": self.bundle_version[:64],
+        }
+
+
+def connect(uri: str, token: str = "") -> MilvusClient:
+    """A client for a Milvus server URI or a Milvus Lite file path (parent dirs created)."""
+    if not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:")):
+        Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    return MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+
+
+def _describe(field: dict[str, Any]) -> tuple[str, int | None, int | None, bool]:
+    params = field.get("params", {})
+    dtype = field["type"]
+    dim = params.get("dim")
+    max_len = params.get("max_length")
+    return (
+        DataType(dtype).name,
+        int(dim) if dim is not None else None,
+        int(max_len) if max_len is not None else None,
+        bool(field.get("is_primary", False)),
+    )
+
+
+def ensure_collection(
+    client: MilvusClient, name: str, dim: int, index_type: str = "AUTOINDEX"
+) -> None:
+    """Create the posts collection if missing; raise if an existing one differs."""
+    expected: dict[str, tuple[str, int | None, int | None, bool]] = {
+        "post_id": ("VARCHAR", None, 128, True),
+        VECTOR_FIELD: ("FLOAT_VECTOR", dim, None, False),
+    }
+    for field_name, (dtype, params) in SCALAR_FIELDS.items():
+        expected[field_name] = (dtype.name, None, params.get("max_length"), False)
+    if client.has_collection(name):
+        info = client.describe_collection(name)
+        actual = {f["name"]: _describe(f) for f in info["fields"]}
+        if actual != expected:
+            diffs = [
+                f"{k}: has {actual.get(k)}, needs {expected.get(k)}"
+                for k in sorted(set(actual) | set(expected))
+                if actual.get(k) != expected.get(k)
+            ]
+            raise SchemaMismatchError(
+                f"Milvus collection {name!r} exists with an incompatible schema ("
+                + "; ".join(diffs)
+                + "). Use another collection name (POSTPULSE_MILVUS_COLLECTION) or drop it."
+            )
+        client.load_collection(name)
+        return
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("post_id", DataType.VARCHAR, is_primary=True, max_length=128)
+    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+    for field_name, (dtype, params) in SCALAR_FIELDS.items():
+        schema.add_field(field_name, dtype, **params)
+    index = client.prepare_index_params()
+    index.add_index(field_name=VECTOR_FIELD, index_type=index_type, metric_type="COSINE")
+    client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    log.info("created Milvus collection %s (dim %d, %s)", name, dim, index_type)
+
+
+class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
+    """Upserts post embeddings in batches; no Milvus flush per insert."""
+
+    name = "milvus"
+
+    def __init__(
+        self,
+        client: MilvusClient,
+        collection: str,
+        dim: int,
+        max_rows: int = 256,
+        index_type: str = "AUTOINDEX",
+    ) -> None:
+        super().__init__(max_rows)
+        self.client = client
+        self.collection = collection
+        self.dim = dim
+        self.index_type = index_type
+
+    def setup(self) -> None:
+        ensure_collection(self.client, self.collection, self.dim, self.index_type)
+
+    def write_batch(self, batch: list[EmbeddingRow]) -> None:
+        # Within a batch the last write of a post wins, as it would across batches.
+        latest = {row.post_id: row for row in batch}
+        try:
+            self.client.upsert(self.collection, [r.to_entity() for r in latest.values()])
+        except MilvusException as exc:
+            raise BackpressureError(f"Milvus upsert failed: {exc}", retry_after=1.0) from exc
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@dataclass(frozen=True)
+class SimilarPost:
+    """One search hit."""
+
+    post_id: str
+    score: float
+    fields: dict[str, Any]
+
+
+class PostIndex:
+    """Read side of the collection: fetch embeddings, count, search by vector."""
+
+    def __init__(self, client: MilvusClient, collection: str) -> None:
+        self.client = client
+        self.collection = collection
+
+    def count(self) -> int:
+        """Number of posts stored."""
+        res = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def post_ids(self, limit: int = 16384) -> set[str]:
+        """All stored post ids (up to ``limit``)."""
+        ids: set[str] = set()
+        iterator = self.client.query_iterator(
+            self.collection, batch_size=1000, limit=limit, filter="", output_fields=["post_id"]
+        )
+        while True:
+            page = iterator.next()
+            if not page:
+                iterator.close()
+                return ids
+            ids.update(row["post_id"] for row in page)
+
+    def get(self, post_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Stored rows (embedding included) by id; missing ids are absent."""
+        if not post_ids:
+            return {}
+        rows = self.client.get(
+            self.collection, ids=post_ids, output_fields=[*OUTPUT_FIELDS, VECTOR_FIELD]
+        )
+        return {row["post_id"]: dict(row) for row in rows}
+
+    def search(
+        self, vectors: np.ndarray, top_k: int = 10, filter_expr: str = ""
+    ) -> list[list[SimilarPost]]:
+        """Cosine top-k for each query vector, one Milvus call for the whole batch."""
+        results = self.client.search(
+            self.collection,
+            data=[v.astype(np.float32).tolist() for v in vectors],
+            limit=top_k,
+            filter=filter_expr,
+            output_fields=OUTPUT_FIELDS,
+            search_params={"metric_type": "COSINE"},
+        )
+        return [
+            [
+                SimilarPost(
+                    post_id=str(hit["post_id"] if "post_id" in hit else hit["id"]),
+                    score=float(hit["distance"]),
+                    fields=dict(hit.get("entity", {})),
+                )
+                for hit in hits
+            ]
+            for hits in results
+        ]

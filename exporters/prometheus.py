@@ -1,0 +1,83 @@
+"""Pipeline metrics on a registry passed in (a fresh ``CollectorRegistry`` per test)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class PipelineMetrics:
+    """Every metric the worker exports. Label values are bounded sets (outcomes,
+    stages, dead-letter reasons, modalities) — never post, user or hashtag ids."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.posts = Counter(
+            "postpulse_posts", "Posts processed, by outcome.", ["outcome"], registry=registry
+        )
+        self.dead_letters = Counter(
+            "postpulse_dead_letters",
+            "Posts sent to the dead-letter topic, by reason and stage.",
+            ["reason", "stage"],
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "postpulse_stage_duration_seconds",
+            "Time spent in each pipeline stage per batch.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.encoder_seconds = Histogram(
+            "postpulse_encoder_duration_seconds",
+            "Encoder run time per batch, by modality.",
+            ["modality"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.encoder_items = Counter(
+            "postpulse_encoder_items",
+            "Items (texts, images) run through each encoder.",
+            ["modality"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "postpulse_batch_size_posts",
+            "Posts per processed batch.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "postpulse_post_latency_seconds",
+            "From the post's Kafka timestamp to its outputs being written.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.media_skipped = Counter(
+            "postpulse_media_skipped",
+            "Media items not encoded because this bundle has no encoder for their kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.sink_retries = Counter(
+            "postpulse_sink_retries",
+            "Output writes retried after a failure or back-pressure.",
+            ["sink"],
+            registry=registry,
+        )
+        self.bundle_info = Gauge(
+            "postpulse_bundle_info",
+            "The model bundle served (value is always 1).",
+            ["bundle_version", "fusion", "provider"],
+            registry=registry,
+        )
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)

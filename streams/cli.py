@@ -1,0 +1,228 @@
+"""``postpulse`` command line: broker, worker, export, produce, similar, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from streams.settings import Settings, bootstrap_servers, broker_profile
+
+log = logging.getLogger("postpulse")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Environment settings, overridden by the flags that were given."""
+    overrides: dict[str, Any] = {}
+    for flag, field in (
+        ("broker", "broker_url"),
+        ("bundle", "bundle_path"),
+        ("milvus_uri", "milvus_uri"),
+        ("collection", "milvus_collection"),
+        ("web_port", "web_port"),
+        ("data_dir", "data_dir"),
+        ("device", "device"),
+        ("max_batch", "max_batch"),
+        ("max_wait_ms", "max_wait_ms"),
+        ("media_root", "media_root"),
+        ("profile", "broker_profile"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[field] = value
+    return Settings(**overrides)
+
+
+def _add_common(p: argparse.ArgumentParser, *, broker: bool = True, milvus: bool = False) -> None:
+    if broker:
+        p.add_argument("--broker", help="broker URL, e.g. kafka://127.0.0.1:9092")
+        p.add_argument("--profile", choices=["local", "kafka"], help="broker client profile")
+    if milvus:
+        p.add_argument("--milvus-uri", help="Milvus server URI or Milvus Lite .db path")
+        p.add_argument("--collection", help="Milvus collection name")
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streams.broker import LocalBroker, ensure_topics
+    from streams.topics import all_topic_names
+
+    settings = _settings(args)
+    broker = LocalBroker(port=args.port, host=args.host).start()
+    created = ensure_topics(
+        [broker.bootstrap], all_topic_names(settings), settings.topic_partitions
+    )
+    print(
+        f"postpulse broker: tansu on {broker.url} (pid {broker.process.pid if broker.process else '?'})"
+    )
+    print(f"topics created: {', '.join(created) or 'none (already present)'}; Ctrl-C to stop")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            if broker.process is None or broker.process.poll() is not None:
+                print("broker exited", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.app import build_components, create_app
+    from streams.broker import ensure_topics
+    from streams.topics import all_topic_names
+
+    settings = _settings(args)
+    if args.create_topics:
+        ensure_topics(
+            bootstrap_servers(settings.broker_url),
+            all_topic_names(settings),
+            settings.topic_partitions,
+            1 if settings.broker_profile == "local" else 3,
+        )
+    components = build_components(settings)
+    app = create_app(components)
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from encoders.bundle import write_default_bundle
+
+    manifest = write_default_bundle(
+        Path(args.out), progress=lambda m: print(f"postpulse export: {m}")
+    )
+    for modality, entry in manifest.encoders.items():
+        diffs = ", ".join(f"{k} {v:.2g}" for k, v in entry.parity_max_abs_diff.items())
+        print(f"  {modality}: {entry.name} dim={entry.dim} parity max|diff| {diffs}")
+    print(f"bundle {manifest.bundle_version} written to {args.out}")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streams.producer import produce, read_jsonl
+
+    settings = _settings(args)
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"postpulse produce: no such file {path}", file=sys.stderr)
+        return 2
+    total = sum(1 for _ in read_jsonl(path))
+    sent = produce(
+        read_jsonl(path),
+        bootstrap_servers(settings.broker_url),
+        args.topic or settings.topic_posts,
+        broker_profile(settings),
+        total=total,
+    )
+    print(f"published {sent} messages to {args.topic or settings.topic_posts}")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from streams.similarity import SimilarityError, find_similar
+
+    settings = _settings(args)
+    try:
+        hits = find_similar(settings, post_id=args.post_id, text=args.text, top_k=args.top_k)
+    except SimilarityError as exc:
+        print(f"postpulse similar: {exc}", file=sys.stderr)
+        return 2
+    query = f"post {args.post_id}" if args.post_id else f"text {args.text!r}"
+    print(f"top {len(hits)} posts similar to {query}:")
+    for rank, hit in enumerate(hits, 1):
+        f = hit.fields
+        print(
+            f"{rank:>3}. {hit.post_id:<28} score {hit.score:.4f}  "
+            f"{f.get('platform', '')}/{f.get('category', '') or '-'}/{f.get('sentiment', '')}"
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(
+        bundle=Path(args.bundle),
+        workdir=Path(args.workdir),
+        valid=args.posts,
+        broken=args.broken,
+        timeout_s=args.timeout,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``postpulse`` argument parser."""
+    parser = argparse.ArgumentParser(prog="postpulse", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the bundled Kafka-compatible broker on loopback")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("worker", help="run a stream worker (Faust)")
+    _add_common(p, milvus=True)
+    p.add_argument("--bundle", help="model bundle folder")
+    p.add_argument("--web-port", type=int, help="port of /metrics and /healthz")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-batch", type=int)
+    p.add_argument("--max-wait-ms", type=int)
+    p.add_argument("--media-root", help="folder local media files may be read from")
+    p.add_argument("--loglevel", default="info")
+    p.add_argument("--no-create-topics", dest="create_topics", action="store_false")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("export", help="export the default encoders into a checked model bundle")
+    p.add_argument("--out", default="models/default")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("produce", help="publish posts from a JSONL file")
+    _add_common(p)
+    p.add_argument("file")
+    p.add_argument("--topic")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("similar", help="posts most similar to a post id or a text")
+    _add_common(p, broker=False, milvus=True)
+    p.add_argument("post_id", nargs="?")
+    p.add_argument("--text")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--bundle")
+    p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("demo", help="broker + worker + sample posts, end to end, then a summary")
+    p.add_argument("--bundle", default="models/default")
+    p.add_argument("--workdir", default="data/demo")
+    p.add_argument("--posts", type=int, default=300, help="valid sample posts")
+    p.add_argument("--broken", type=int, default=12, help="deliberately broken posts")
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``postpulse`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "similar" and bool(args.post_id) == bool(args.text):
+        print("postpulse similar: give a POST_ID or --text, not both", file=sys.stderr)
+        return 2
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The post pipeline without any framework: envelopes in, analyses and dead letters out.
+
+The Faust agent calls :meth:`PostPipeline.process` once per batch (in a worker
+thread) and hands the outcome to :class:`streams.outputs.OutputWriter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from encoders.serving import ServedBundle
+from streams.records import DeadLetter, DeadLetterReason, Envelope
+from streams.settings import Settings
+from streams.stages.analyse import AnalysedPost, PostAnalyser, StageTimer
+from streams.stages.decode import DecodedPost, DecodeLimits, MediaDecoder
+from streams.stages.validate import PostValidator, ValidatedPost, ValidationLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchOutcome:
+    """Everything one batch produced; every input message is in exactly one list."""
+
+    analysed: list[AnalysedPost] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    timer: StageTimer = field(default_factory=StageTimer)
+    size: int = 0
+
+
+class PostPipeline:
+    """validate -> decode -> analyse, each a plain callable."""
+
+    def __init__(self, settings: Settings, bundle: ServedBundle) -> None:
+        self.validator = PostValidator(
+            ValidationLimits(settings.max_text_chars, settings.max_media_items)
+        )
+        self.decoder = MediaDecoder(
+            DecodeLimits(settings.max_media_bytes, settings.max_image_pixels, settings.media_root)
+        )
+        self.analyser = PostAnalyser(bundle)
+        self.bundle = bundle
+
+    def process(self, envelopes: list[Envelope]) -> BatchOutcome:
+        """Run one batch through every stage. Never raises for bad input."""
+        outcome = BatchOutcome(size=len(envelopes))
+        timer = outcome.timer
+
+        start = time.perf_counter()
+        valid: list[ValidatedPost] = []
+        for env in envelopes:
+            result = self.validator(env)
+            (outcome.dead_letters if isinstance(result, DeadLetter) else valid).append(result)  # type: ignore[arg-type]
+        timer.stages["validate"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        decoded: list[DecodedPost] = []
+        for item in valid:
+            res = self.decoder(item)
+            (outcome.dead_letters if isinstance(res, DeadLetter) else decoded).append(res)  # type: ignore[arg-type]
+        timer.stages["decode"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        outcome.analysed = self._analyse(decoded, outcome, timer)
+        timer.stages["analyse"] = time.perf_counter() - start
+        return outcome
+
+    def _analyse(
+        self, decoded: list[DecodedPost], outcome: BatchOutcome, timer: StageTimer
+    ) -> list[AnalysedPost]:
+        try:
+            return self.analyser(decoded, timer)
+        except Exception:
+            if len(decoded) <= 1:
+                if decoded:
+                    item = decoded[0].validated
+                    log.exception("encoder failed on post %s", item.post.post_id)
+                    outcome.dead_letters.append(
+                        item.envelope.dead_letter(
+                            DeadLetterReason.ENCODER_FAILED,
+                            "encode",
+                            "encoder raised on this post (see worker log)",
+                            item.post.post_id,
+                        )
+                    )
+                return []
+            # Isolate the failing post(s): retry the halves.
+            mid = len(decoded) // 2
+            return self._analyse(decoded[:mid], outcome, timer) + self._analyse(
+                decoded[mid:], outcome, timer
+            )

@@ -1,0 +1,194 @@
+"""Generated sample posts for the demo, tests and benchmarks (no data set downloads).
+
+Valid posts mix text-only, image-only and text+image; the broken ones cover every
+dead-letter reason the validate and decode stages produce.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+from streams.records import DeadLetterReason
+
+_TOPICS: dict[str, tuple[list[str], tuple[int, int, int]]] = {
+    "sports": (
+        [
+            "What a goal in the final minute, the stadium went wild! #football",
+            "Our team won the championship game 3-1 tonight",
+            "Marathon training: 30km done this morning, legs are gone",
+            "Tennis final goes to a fifth set, incredible match",
+        ],
+        (40, 150, 60),
+    ),
+    "food": (
+        [
+            "Homemade pasta with fresh basil and tomatoes tonight 🍝",
+            "This new ramen place downtown is absolutely delicious",
+            "Sunday brunch: pancakes, berries and way too much coffee",
+            "Tried a new recipe for sourdough bread, crust came out perfect",
+        ],
+        (200, 120, 40),
+    ),
+    "technology": (
+        [
+            "The new phone's battery easily lasts two days, impressive",
+            "Shipping our AI model to production today, wish us luck #startup",
+            "Finally upgraded my laptop, compile times cut in half",
+            "Open-source release of our database driver is live on GitHub",
+        ],
+        (40, 60, 200),
+    ),
+    "travel": (
+        [
+            "Sunset over the beach in Lisbon, the light here is unreal #travel",
+            "Hiking in the Alps this week, views are breathtaking",
+            "Flight delayed four hours again, terrible airline experience",
+            "Exploring the old town of Kyoto, temples everywhere",
+        ],
+        (230, 200, 120),
+    ),
+    "news": (
+        [
+            "Breaking: parliament votes on the new budget tonight",
+            "Election results are coming in, turnout at a record high",
+            "The city council approved the new transit plan this morning",
+            "Officials confirm the bridge will stay closed for repairs",
+        ],
+        (120, 120, 120),
+    ),
+}
+_PLATFORMS = ["mastodon", "bluesky", "reddit", "x", "instagram"]
+
+
+def themed_image_png(topic: str, seed: int, size: tuple[int, int] = (160, 120)) -> bytes:
+    """A small PNG whose colours and shapes depend on the topic (so images cluster)."""
+    rng = random.Random(seed)
+    base = _TOPICS[topic][1]
+    jitter = tuple(max(0, min(255, c + rng.randint(-25, 25))) for c in base)
+    image = Image.new("RGB", size, jitter)
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x0, y0 = rng.randint(0, size[0] - 20), rng.randint(0, size[1] - 20)
+        x1, y1 = x0 + rng.randint(10, 60), y0 + rng.randint(10, 60)
+        colour = tuple(rng.randint(0, 255) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def decompression_bomb_png(side: int = 10_000) -> bytes:
+    """A few-KB PNG that declares ``side``² pixels."""
+    buf = io.BytesIO()
+    Image.new("1", (side, side), 0).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class SamplePost:
+    """One generated message: its bytes, and what the pipeline should make of it."""
+
+    value: bytes
+    post_id: str | None
+    topic: str | None
+    expected_reason: DeadLetterReason | None = None
+
+
+def valid_posts(count: int, seed: int = 7, start_ms: int = 1_764_000_000_000) -> list[SamplePost]:
+    """``count`` valid posts: ~50% text only, ~20% image only, ~30% both."""
+    rng = random.Random(seed)
+    topics = list(_TOPICS)
+    out = []
+    for i in range(count):
+        topic = topics[i % len(topics)]
+        texts = _TOPICS[topic][0]
+        roll = rng.random()
+        doc: dict[str, object] = {
+            "post_id": f"post-{seed}-{i:06d}",
+            "platform": rng.choice(_PLATFORMS),
+            "author_id": f"user-{rng.randint(1, 200)}",
+            "created_at": start_ms + i * 60_000 + rng.randint(0, 59_999),
+            "lang": "en",
+            "engagement": {
+                "likes": rng.randint(0, 5000),
+                "comments": rng.randint(0, 300),
+                "shares": rng.randint(0, 200),
+                "views": rng.randint(0, 100_000),
+            },
+        }
+        if roll >= 0.2:
+            doc["text"] = f"{rng.choice(texts)} ({i})"
+        if roll < 0.5:
+            png = themed_image_png(topic, seed * 100_000 + i)
+            doc["media"] = [
+                {"kind": "image", "data_b64": base64.b64encode(png).decode(), "mime": "image/png"}
+            ]
+        out.append(SamplePost(json.dumps(doc).encode(), str(doc["post_id"]), topic))
+    return out
+
+
+def broken_posts(count: int, seed: int = 11, max_text_chars: int = 20_000) -> list[SamplePost]:
+    """``count`` posts that must each become a dead letter, cycling through the reasons."""
+    bomb = base64.b64encode(decompression_bomb_png()).decode()
+    junk = base64.b64encode(random.Random(seed).randbytes(512)).decode()
+
+    def base(i: int) -> dict[str, object]:
+        return {
+            "post_id": f"broken-{seed}-{i:04d}",
+            "platform": "x",
+            "author_id": "user-1",
+            "created_at": "2026-11-29T10:00:00Z",
+            "text": "hello",
+        }
+
+    makers = [
+        (DeadLetterReason.INVALID_JSON, lambda i: b'{"post_id": "broken-%d", "text": ' % i),
+        (
+            DeadLetterReason.SCHEMA_VIOLATION,
+            lambda i: json.dumps({k: v for k, v in base(i).items() if k != "author_id"}).encode(),
+        ),
+        (
+            DeadLetterReason.IMAGE_UNDECODABLE,
+            lambda i: json.dumps(
+                {**base(i), "media": [{"kind": "image", "data_b64": junk}]}
+            ).encode(),
+        ),
+        (
+            DeadLetterReason.IMAGE_TOO_LARGE,
+            lambda i: json.dumps(
+                {**base(i), "media": [{"kind": "image", "data_b64": bomb}]}
+            ).encode(),
+        ),
+        (
+            DeadLetterReason.UNKNOWN_MEDIA_KIND,
+            lambda i: json.dumps(
+                {**base(i), "media": [{"kind": "hologram", "uri": "file:///tmp/x"}]}
+            ).encode(),
+        ),
+        (
+            DeadLetterReason.TEXT_TOO_LONG,
+            lambda i: json.dumps(
+                {**base(i), "text": "spam " * (max_text_chars // 5 + 10)}
+            ).encode(),
+        ),
+    ]
+    out = []
+    for i in range(count):
+        reason, make = makers[i % len(makers)]
+        value = make(i)
+        post_id = None if reason is DeadLetterReason.INVALID_JSON else f"broken-{seed}-{i:04d}"
+        out.append(SamplePost(value, post_id, None, reason))
+    return out
+
+
+def mixed_stream(valid: int, broken: int, seed: int = 7) -> list[SamplePost]:
+    """Valid and broken posts shuffled together deterministically."""
+    posts = valid_posts(valid, seed) + broken_posts(broken, seed + 1)
+    random.Random(seed).shuffle(posts)
+    return posts

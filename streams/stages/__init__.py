@@ -1,0 +1,1 @@
+"""Framework-free pipeline stages: plain typed callables, testable without Kafka."""
