@@ -71,6 +71,11 @@ class PipelineMetrics:
             ["sink"],
             registry=registry,
         )
+        self.assigned_partitions = Gauge(
+            "postpulse_assigned_partitions",
+            "Input-topic partitions this worker currently consumes.",
+            registry=registry,
+        )
         self.bundle_info = Gauge(
             "postpulse_bundle_info",
             "The model bundle served (value is always 1).",

@@ -89,6 +89,7 @@ def create_app(components: WorkerComponents) -> faust.App:
     """The postpulse Faust app with its agent and web pages."""
     settings = components.settings
     profile = broker_profile(settings)
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
@@ -133,6 +134,16 @@ def create_app(components: WorkerComponents) -> faust.App:
             await writer.write(outcome)
             for event in events:
                 await stream.ack(event)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        mine = [tp for tp in assigned if tp.topic == settings.topic_posts]
+        components.metrics.assigned_partitions.set(len(mine))
+        log.info("consuming %d partition(s) of %s", len(mine), settings.topic_posts)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        components.metrics.assigned_partitions.set(0)
 
     @app.page("/metrics")
     async def metrics_page(self: Any, request: Any) -> Any:

@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for noisy in ("kafka", "aiokafka", "httpx", "pymilvus", "faiss", "milvus_lite"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "similar" and bool(args.post_id) == bool(args.text):
         print("postpulse similar: give a POST_ID or --text, not both", file=sys.stderr)
         return 2

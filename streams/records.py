@@ -57,7 +57,7 @@ def parse_created_at(value: object) -> int:
             raise ValueError("created_at epoch milliseconds must be >= 0")
         return value
     if isinstance(value, str):
-        if not _RFC3339.match(value):
+        if "\n" in value or not _RFC3339.match(value):
             raise ValueError("created_at is not an RFC 3339 date-time")
         text = value.replace("z", "Z").replace("t", "T")
         text = text[:-1] + "+00:00" if text.endswith("Z") else text
@@ -118,6 +118,13 @@ class Post(BaseModel):
     media: list[Media] = Field(default_factory=list)
     engagement: Engagement | None = None
     labels: dict[str, Any] | None = None
+
+    @field_validator("post_id")
+    @classmethod
+    def _single_line_id(cls, value: str) -> str:
+        if "\n" in value:
+            raise ValueError("post_id must not contain a newline")
+        return value
 
     @field_validator("created_at", mode="before")
     @classmethod
