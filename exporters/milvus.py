@@ -65,11 +65,26 @@ class EmbeddingRow:
         }
 
 
+def is_milvus_lite(uri: str) -> bool:
+    """True for a Milvus Lite file path, False for a server URI."""
+    return not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+
 def connect(uri: str, token: str = "") -> MilvusClient:
     """A client for a Milvus server URI or a Milvus Lite file path (parent dirs created)."""
-    if not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:")):
+    if is_milvus_lite(uri):
         Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     return MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+
+
+def disconnect(client: MilvusClient, uri: str) -> None:
+    """Close ``client``; for Milvus Lite also stop the in-process server so the file's
+    lock is released (otherwise it is held until the process exits)."""
+    client.close()
+    if is_milvus_lite(uri):
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(str(Path(uri).expanduser()))
 
 
 def _describe(field: dict[str, Any]) -> tuple[str, int | None, int | None, bool]:
@@ -134,8 +149,10 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
         dim: int,
         max_rows: int = 256,
         index_type: str = "AUTOINDEX",
+        uri: str | None = None,
     ) -> None:
         super().__init__(max_rows)
+        self.uri = uri
         self.client = client
         self.collection = collection
         self.dim = dim
@@ -153,7 +170,10 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
             raise BackpressureError(f"Milvus upsert failed: {exc}", retry_after=1.0) from exc
 
     def close(self) -> None:
-        self.client.close()
+        if self.uri is None:
+            self.client.close()
+        else:
+            disconnect(self.client, self.uri)
 
 
 @dataclass(frozen=True)
@@ -171,6 +191,7 @@ class PostIndex:
     def __init__(self, client: MilvusClient, collection: str) -> None:
         self.client = client
         self.collection = collection
+        client.load_collection(collection)
 
     def count(self) -> int:
         """Number of posts stored."""

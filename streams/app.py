@@ -50,7 +50,11 @@ def build_components(
     ).set(1)
     client = connect(settings.milvus_uri, settings.milvus_token.get_secret_value())
     sink = MilvusEmbeddingSink(
-        client, settings.milvus_collection, bundle.dim, max_rows=settings.milvus_flush_rows
+        client,
+        settings.milvus_collection,
+        bundle.dim,
+        max_rows=settings.milvus_flush_rows,
+        uri=settings.milvus_uri,
     )
     sink.setup()
     log.info(

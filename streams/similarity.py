@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from exporters.milvus import PostIndex, SimilarPost, connect
+from exporters.milvus import PostIndex, SimilarPost, connect, disconnect
 from streams.settings import Settings
 
 
@@ -47,4 +47,4 @@ def find_similar(
         assert text is not None
         return index.search(bundle.embed_texts([text]), top_k=top_k)[0]
     finally:
-        client.close()
+        disconnect(client, settings.milvus_uri)

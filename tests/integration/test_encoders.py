@@ -1,0 +1,108 @@
+"""Real ONNX Runtime sessions: parity with PyTorch, golden embeddings, refusal of mismatches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from encoders.bundle import BundleError, BundleIntegrityError, load_manifest
+from encoders.export import OnnxParityError, check_parity
+from encoders.image import preprocess_image, synthetic_image
+from encoders.registry import get_encoder_spec, registered_encoders
+from encoders.runtime import CPU, select_providers
+from encoders.serving import ServedBundle
+
+GOLDEN = json.loads((Path(__file__).parents[1] / "golden" / "embeddings.json").read_text())
+
+
+def test_onnxruntime_comes_from_the_gpu_distribution_only() -> None:
+    dists = {d.metadata["Name"].lower() for d in metadata.distributions()}
+    assert "onnxruntime-gpu" in dists
+    assert "onnxruntime" not in dists, "the CPU package would silently replace the GPU build"
+    assert "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def test_provider_selection_falls_back_to_cpu(served_bundle: ServedBundle) -> None:
+    assert select_providers("cpu") == [CPU]
+    providers = select_providers("auto")
+    assert providers[-1] == CPU
+    assert served_bundle.provider in providers
+
+
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_onnx_matches_pytorch(bundle_path: Path, modality: str) -> None:
+    manifest = load_manifest(bundle_path)
+    entry = manifest.encoders[modality]
+    spec = get_encoder_spec(entry.name)
+    module = spec.build_module()
+    report = check_parity(module, spec, bundle_path / entry.file, batch_sizes=(1, 3, 8))
+    assert all(diff <= 1e-4 for diff in report.max_abs_diff.values()), report
+
+
+def test_parity_check_refuses_a_model_that_differs(bundle_path: Path) -> None:
+    entry = load_manifest(bundle_path).encoders["image"]
+    spec = get_encoder_spec(entry.name)
+    module = spec.build_module()
+    with torch.no_grad():
+        for param in list(module.parameters())[-3:]:
+            param.add_(0.05)
+    with pytest.raises(OnnxParityError, match="max abs diff"):
+        check_parity(module, spec, bundle_path / entry.file)
+
+
+def test_text_golden_embeddings(served_bundle: ServedBundle) -> None:
+    expected = np.asarray(GOLDEN["text"]["embeddings"], dtype=np.float32)
+    got = served_bundle.text.encode(GOLDEN["text"]["inputs"])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+
+
+def test_image_golden_embeddings(served_bundle: ServedBundle) -> None:
+    expected = np.asarray(GOLDEN["image"]["embeddings"], dtype=np.float32)
+    pixels = np.stack([preprocess_image(synthetic_image(s)) for s in GOLDEN["image"]["seeds"]])
+    got = served_bundle.image.encode(pixels)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_batched_equals_one_by_one(served_bundle: ServedBundle) -> None:
+    texts = ["short", "a much longer sentence about football and the final score", "mid length"]
+    batched = served_bundle.text.encode(texts)
+    single = np.concatenate([served_bundle.text.encode([t]) for t in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_same_meaning_is_closer_than_different_meaning(served_bundle: ServedBundle) -> None:
+    a, b, c = served_bundle.text.encode(
+        [
+            "The football match ended 2-1",
+            "Our team won the soccer game 2 to 1",
+            "My sourdough recipe",
+        ]
+    )
+    assert float(a @ b) > float(a @ c) + 0.2
+
+
+def test_registry_knows_the_default_encoders() -> None:
+    specs = registered_encoders()
+    assert specs["minilm-l6-v2"].dim == 384 and specs["efficientnet-lite0"].dim == 1280
+    with pytest.raises(KeyError, match="unknown encoder"):
+        get_encoder_spec("clip-vit-huge")
+
+
+def test_bundle_hash_mismatch_is_an_error(bundle_path: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_path, copy)
+    load_manifest(copy)
+    tokenizer = copy / "text" / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes().replace(b"[UNK]", b"[UNX]", 1))
+    with pytest.raises(BundleIntegrityError, match="text/tokenizer.json"):
+        ServedBundle(copy, device="cpu")
+    with pytest.raises(BundleError, match="postpulse export"):
+        load_manifest(tmp_path / "nowhere")
