@@ -1,0 +1,221 @@
+"""postpulse benchmarks, one run, ratios against baselines measured in the same run.
+
+(a) end to end on the real broker: posts/s and p50/p99 latency from produce to the
+    Milvus upsert, with batching (``max_batch`` 32) against one post per batch;
+(b) encoders: batched ONNX Runtime against per-item PyTorch eager on the same inputs.
+
+Absolute numbers vary from machine to machine and run to run; the ratios are the
+result. Run: ``make bench`` (writes benchmarks/results/latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from encoders.bundle import load_manifest
+from encoders.image import preprocess_image, synthetic_image
+from encoders.registry import get_encoder_spec
+from encoders.serving import ServedBundle
+from encoders.text import TextTokenizer
+from streams.broker import LocalBroker, ensure_topics, free_port
+from streams.output_reader import OutputReader
+from streams.producer import produce
+from streams.samples import valid_posts
+from streams.settings import LOCAL_BROKER_PROFILE, Settings
+from streams.topics import all_topic_names
+from streams.worker_process import WorkerProcess
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p99": float(np.percentile(arr, 99)),
+        "mean": float(arr.mean()),
+    }
+
+
+def bench_end_to_end(bundle: Path, posts: int, max_batch: int, workdir: Path) -> dict[str, Any]:
+    """Produce ``posts`` posts at once to a ready worker; time until all are in Milvus."""
+    samples = valid_posts(posts, seed=99)
+    with LocalBroker(log_file=workdir / "broker.log") as broker:
+        settings = Settings(broker_url=broker.url, bundle_path=bundle)
+        ensure_topics([broker.bootstrap], all_topic_names(settings), settings.topic_partitions)
+        worker = WorkerProcess(
+            {
+                "POSTPULSE_BROKER_URL": broker.url,
+                "POSTPULSE_BUNDLE_PATH": str(bundle),
+                "POSTPULSE_MILVUS_URI": str(workdir / f"milvus-{max_batch}.db"),
+                "POSTPULSE_DATA_DIR": str(workdir / f"data-{max_batch}"),
+                "POSTPULSE_WEB_PORT": str(free_port()),
+                "POSTPULSE_MAX_BATCH": str(max_batch),
+                "POSTPULSE_MAX_WAIT_MS": "50",
+            },
+            workdir / f"worker-{max_batch}.log",
+        ).start()
+        reader = OutputReader(
+            [broker.bootstrap], settings.topic_analyses, settings.topic_dlq, LOCAL_BROKER_PROFILE
+        )
+        try:
+            worker.wait_ready()
+            reader.poll(100)  # join the reader's group before the clock starts
+            start_ms = time.time() * 1000
+            produce(
+                [s.value for s in samples],
+                [broker.bootstrap],
+                settings.topic_posts,
+                LOCAL_BROKER_PROFILE,
+                progress=False,
+            )
+            if not reader.wait_for(lambda o: len(o.analyses) >= posts, timeout_s=900):
+                raise RuntimeError(f"only {len(reader.outputs.analyses)}/{posts} analysed")
+        finally:
+            reader.close()
+            worker.stop()
+    out = reader.outputs
+    # analysis records are published after the Milvus upsert: their broker timestamp
+    # bounds "written to Milvus"; the post's produce time is processed_at - latency.
+    latencies = [
+        (out.analysis_written_ms[pid] - (a.processed_at_ms - a.latency_ms)) / 1000
+        for pid, a in out.analyses.items()
+    ]
+    last_ms = max(out.analysis_written_ms.values())
+    elapsed = (last_ms - start_ms) / 1000
+    return {
+        "posts": posts,
+        "max_batch": max_batch,
+        "elapsed_s": elapsed,
+        "posts_per_s": posts / elapsed,
+        "latency_s": _percentiles(latencies),
+    }
+
+
+def bench_text_encoder(bundle: ServedBundle, n: int) -> dict[str, Any]:
+    """MiniLM: batched ONNX Runtime vs per-sentence PyTorch eager."""
+    import torch
+
+    texts = [json.loads(s.value).get("text", "short caption") for s in valid_posts(n, seed=5)]
+    spec = get_encoder_spec(load_manifest(bundle.path).encoders["text"].name)
+    module = spec.build_module()
+    tokenizer = TextTokenizer(bundle.path / "text" / "tokenizer.json")
+    bundle.text.encode(texts[:8])
+    with torch.no_grad():
+        module(*map(torch.from_numpy, tokenizer(texts[:1]).values()))
+    start = time.perf_counter()
+    onnx_out = bundle.text.encode(texts)
+    onnx_s = time.perf_counter() - start
+    start = time.perf_counter()
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            feed = tokenizer([text])
+            rows.append(
+                module(
+                    torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])
+                )
+            )
+    torch_s = time.perf_counter() - start
+    diff = float(np.abs(torch.cat(rows).numpy() - onnx_out).max())
+    return {
+        "items": n,
+        "onnx_batched_items_per_s": n / onnx_s,
+        "torch_eager_per_item_items_per_s": n / torch_s,
+        "speedup": torch_s / onnx_s,
+        "max_abs_diff": diff,
+    }
+
+
+def bench_image_encoder(bundle: ServedBundle, n: int) -> dict[str, Any]:
+    """EfficientNet-Lite0: batched ONNX Runtime vs per-image PyTorch eager."""
+    import torch
+
+    pixels = np.stack([preprocess_image(synthetic_image(i)) for i in range(n)])
+    spec = get_encoder_spec(load_manifest(bundle.path).encoders["image"].name)
+    module = spec.build_module()
+    bundle.image.encode(pixels[:4])
+    with torch.no_grad():
+        module(torch.from_numpy(pixels[:1]))
+    start = time.perf_counter()
+    onnx_out = bundle.image.encode(pixels)
+    onnx_s = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.no_grad():
+        rows = [module(torch.from_numpy(pixels[i : i + 1])) for i in range(n)]
+    torch_s = time.perf_counter() - start
+    diff = float(np.abs(torch.cat(rows).numpy() - onnx_out).max())
+    return {
+        "items": n,
+        "onnx_batched_items_per_s": n / onnx_s,
+        "torch_eager_per_item_items_per_s": n / torch_s,
+        "speedup": torch_s / onnx_s,
+        "max_abs_diff": diff,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bundle", default="models/default")
+    parser.add_argument("--out", default="benchmarks/results/latest.json")
+    parser.add_argument("--posts", type=int, default=400)
+    parser.add_argument("--texts", type=int, default=256)
+    parser.add_argument("--images", type=int, default=64)
+    args = parser.parse_args(argv)
+    bundle_path = Path(args.bundle).resolve()
+    served = ServedBundle(bundle_path)
+    results: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.machine()},
+        "provider": served.provider,
+        "bundle_version": served.version,
+    }
+    print("encoders: batched ONNX Runtime vs per-item PyTorch eager ...")
+    results["text_encoder"] = bench_text_encoder(served, args.texts)
+    results["image_encoder"] = bench_image_encoder(served, args.images)
+    del served
+    workdir = Path(tempfile.mkdtemp(prefix="postpulse-bench-"))
+    try:
+        print("end to end on the local broker: one post per batch (baseline) ...")
+        baseline = bench_end_to_end(bundle_path, args.posts, 1, workdir)
+        print("end to end on the local broker: batches of up to 32 ...")
+        batched = bench_end_to_end(bundle_path, args.posts, 32, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["end_to_end"] = {
+        "baseline_batch_1": baseline,
+        "batched_32": batched,
+        "throughput_ratio": batched["posts_per_s"] / baseline["posts_per_s"],
+        "p50_latency_ratio": batched["latency_s"]["p50"] / baseline["latency_s"]["p50"],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    t, i, e = results["text_encoder"], results["image_encoder"], results["end_to_end"]
+    print(
+        f"text encoder:  ONNX batched {t['onnx_batched_items_per_s']:.0f}/s vs torch per-item "
+        f"{t['torch_eager_per_item_items_per_s']:.0f}/s -> x{t['speedup']:.2f}"
+    )
+    print(
+        f"image encoder: ONNX batched {i['onnx_batched_items_per_s']:.0f}/s vs torch per-item "
+        f"{i['torch_eager_per_item_items_per_s']:.0f}/s -> x{i['speedup']:.2f}"
+    )
+    print(
+        f"end to end:    batch 32 {batched['posts_per_s']:.1f} posts/s "
+        f"(p50 {batched['latency_s']['p50']:.2f}s, p99 {batched['latency_s']['p99']:.2f}s) vs "
+        f"batch 1 {baseline['posts_per_s']:.1f} posts/s "
+        f"(p50 {baseline['latency_s']['p50']:.2f}s, p99 {baseline['latency_s']['p99']:.2f}s) "
+        f"-> throughput x{e['throughput_ratio']:.2f}"
+    )
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
