@@ -51,14 +51,29 @@ class PostPipeline:
         start = time.perf_counter()
         valid: list[ValidatedPost] = []
         for env in envelopes:
-            result = self.validator(env)
+            try:
+                result = self.validator(env)
+            except Exception as exc:  # a bug must not take the batch down
+                log.exception("validate stage raised")
+                result = env.dead_letter(
+                    DeadLetterReason.INTERNAL_ERROR, "validate", f"{type(exc).__name__}: {exc}"
+                )
             (outcome.dead_letters if isinstance(result, DeadLetter) else valid).append(result)  # type: ignore[arg-type]
         timer.stages["validate"] = time.perf_counter() - start
 
         start = time.perf_counter()
         decoded: list[DecodedPost] = []
         for item in valid:
-            res = self.decoder(item)
+            try:
+                res = self.decoder(item)
+            except Exception as exc:
+                log.exception("decode stage raised on post %s", item.post.post_id)
+                res = item.envelope.dead_letter(
+                    DeadLetterReason.INTERNAL_ERROR,
+                    "decode",
+                    f"{type(exc).__name__}: {exc}",
+                    item.post.post_id,
+                )
             (outcome.dead_letters if isinstance(res, DeadLetter) else decoded).append(res)  # type: ignore[arg-type]
         timer.stages["decode"] = time.perf_counter() - start
 

@@ -153,6 +153,7 @@ class DeadLetterReason(StrEnum):
     IMAGE_UNDECODABLE = "image_undecodable"
     IMAGE_TOO_LARGE = "image_too_large"
     ENCODER_FAILED = "encoder_failed"
+    INTERNAL_ERROR = "internal_error"
 
 
 class DeadLetter(BaseModel):

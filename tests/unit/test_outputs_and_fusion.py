@@ -156,3 +156,24 @@ def test_settings_frozen_env_and_profiles(monkeypatch: pytest.MonkeyPatch) -> No
     assert bootstrap_servers("kafka://a:1;b:2") == ["a:1", "b:2"]
     with pytest.raises(ValueError):
         bootstrap_servers("kafka://")
+
+
+def test_pipeline_turns_a_stage_bug_into_dead_letters() -> None:
+    from streams.pipeline import PostPipeline
+
+    class ExplodingDecoder:
+        def __call__(self, item: object) -> object:
+            raise RuntimeError("boom")
+
+    pipeline = PostPipeline.__new__(PostPipeline)
+    from streams.stages.validate import PostValidator, ValidationLimits
+
+    pipeline.validator = PostValidator(ValidationLimits())
+    pipeline.decoder = ExplodingDecoder()  # type: ignore[assignment]
+    pipeline.analyser = lambda batch, timer: []  # type: ignore[assignment,misc]
+    value = b'{"post_id": "p", "platform": "x", "author_id": "u", "created_at": 1, "text": "t"}'
+    outcome = pipeline.process([Envelope(value=value, offset=3), Envelope(value=b"{", offset=4)])
+    reasons = sorted(d.reason.value for d in outcome.dead_letters)
+    assert reasons == ["internal_error", "invalid_json"]
+    internal = next(d for d in outcome.dead_letters if d.reason is DeadLetterReason.INTERNAL_ERROR)
+    assert internal.stage == "decode" and "boom" in internal.detail and internal.original == value

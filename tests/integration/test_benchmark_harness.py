@@ -1,0 +1,19 @@
+"""The benchmark harness computes what it claims (correctness only; never timing)."""
+
+from __future__ import annotations
+
+from benchmarks.run import bench_image_encoder, bench_text_encoder
+from encoders.serving import ServedBundle
+
+
+def test_encoder_benchmarks_compare_the_same_outputs(served_bundle: ServedBundle) -> None:
+    text = bench_text_encoder(served_bundle, 6)
+    image = bench_image_encoder(served_bundle, 3)
+    for result in (text, image):
+        assert result["max_abs_diff"] <= 1e-4  # ONNX and PyTorch computed the same thing
+        assert (
+            result["onnx_batched_items_per_s"] > 0
+            and result["torch_eager_per_item_items_per_s"] > 0
+        )
+        ratio = result["onnx_batched_items_per_s"] / result["torch_eager_per_item_items_per_s"]
+        assert abs(result["speedup"] - ratio) <= 1e-9 * ratio
