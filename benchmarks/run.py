@@ -16,6 +16,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,31 +100,23 @@ def bench_end_to_end(bundle: Path, posts: int, max_batch: int, workdir: Path) ->
     }
 
 
-def bench_text_encoder(bundle: ServedBundle, n: int) -> dict[str, Any]:
-    """MiniLM: batched ONNX Runtime vs per-sentence PyTorch eager."""
+def _onnx_vs_torch(
+    n: int,
+    onnx_batched: Callable[[], np.ndarray],
+    torch_per_item: Callable[[int], Any],
+) -> dict[str, Any]:
+    """Time one batched ONNX call against ``n`` per-item PyTorch calls (after a warm-up)."""
     import torch
 
-    texts = [json.loads(s.value).get("text", "short caption") for s in valid_posts(n, seed=5)]
-    spec = get_encoder_spec(load_manifest(bundle.path).encoders["text"].name)
-    module = spec.build_module()
-    tokenizer = TextTokenizer(bundle.path / "text" / "tokenizer.json")
-    bundle.text.encode(texts[:8])
     with torch.no_grad():
-        module(*map(torch.from_numpy, tokenizer(texts[:1]).values()))
-    start = time.perf_counter()
-    onnx_out = bundle.text.encode(texts)
-    onnx_s = time.perf_counter() - start
-    start = time.perf_counter()
-    rows = []
-    with torch.no_grad():
-        for text in texts:
-            feed = tokenizer([text])
-            rows.append(
-                module(
-                    torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])
-                )
-            )
-    torch_s = time.perf_counter() - start
+        onnx_batched()
+        torch_per_item(0)
+        start = time.perf_counter()
+        onnx_out = onnx_batched()
+        onnx_s = time.perf_counter() - start
+        start = time.perf_counter()
+        rows = [torch_per_item(i) for i in range(n)]
+        torch_s = time.perf_counter() - start
     diff = float(np.abs(torch.cat(rows).numpy() - onnx_out).max())
     return {
         "items": n,
@@ -132,6 +125,21 @@ def bench_text_encoder(bundle: ServedBundle, n: int) -> dict[str, Any]:
         "speedup": torch_s / onnx_s,
         "max_abs_diff": diff,
     }
+
+
+def bench_text_encoder(bundle: ServedBundle, n: int) -> dict[str, Any]:
+    """MiniLM: batched ONNX Runtime vs per-sentence PyTorch eager."""
+    import torch
+
+    texts = [json.loads(s.value).get("text", "short caption") for s in valid_posts(n, seed=5)]
+    module = get_encoder_spec(load_manifest(bundle.path).encoders["text"].name).build_module()
+    tokenizer = TextTokenizer(bundle.path / "text" / "tokenizer.json")
+
+    def one(i: int) -> Any:
+        feed = tokenizer([texts[i]])
+        return module(torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"]))
+
+    return _onnx_vs_torch(n, lambda: bundle.text.encode(texts), one)
 
 
 def bench_image_encoder(bundle: ServedBundle, n: int) -> dict[str, Any]:
@@ -139,26 +147,12 @@ def bench_image_encoder(bundle: ServedBundle, n: int) -> dict[str, Any]:
     import torch
 
     pixels = np.stack([preprocess_image(synthetic_image(i)) for i in range(n)])
-    spec = get_encoder_spec(load_manifest(bundle.path).encoders["image"].name)
-    module = spec.build_module()
-    bundle.image.encode(pixels[:4])
-    with torch.no_grad():
-        module(torch.from_numpy(pixels[:1]))
-    start = time.perf_counter()
-    onnx_out = bundle.image.encode(pixels)
-    onnx_s = time.perf_counter() - start
-    start = time.perf_counter()
-    with torch.no_grad():
-        rows = [module(torch.from_numpy(pixels[i : i + 1])) for i in range(n)]
-    torch_s = time.perf_counter() - start
-    diff = float(np.abs(torch.cat(rows).numpy() - onnx_out).max())
-    return {
-        "items": n,
-        "onnx_batched_items_per_s": n / onnx_s,
-        "torch_eager_per_item_items_per_s": n / torch_s,
-        "speedup": torch_s / onnx_s,
-        "max_abs_diff": diff,
-    }
+    module = get_encoder_spec(load_manifest(bundle.path).encoders["image"].name).build_module()
+    return _onnx_vs_torch(
+        n,
+        lambda: bundle.image.encode(pixels),
+        lambda i: module(torch.from_numpy(pixels[i : i + 1])),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

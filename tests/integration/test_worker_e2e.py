@@ -52,6 +52,22 @@ def _reader(broker: LocalBroker, settings: Settings) -> OutputReader:
     )
 
 
+def _produce_all(broker: LocalBroker, settings: Settings, samples: list[SamplePost]) -> None:
+    produce(
+        [s.value for s in samples],
+        [broker.bootstrap],
+        settings.topic_posts,
+        LOCAL_BROKER_PROFILE,
+        progress=False,
+    )
+
+
+def _drain(reader: OutputReader, expected: int) -> None:
+    assert reader.wait_for(lambda o: o.accounted >= expected, timeout_s=300)
+    time.sleep(2)  # anything extra (duplicates) would show up now
+    reader.poll(1000)
+
+
 def _check_outputs(samples: list[SamplePost], reader: OutputReader, settings: Settings) -> None:
     outputs = reader.outputs
     valid_ids = {s.post_id for s in samples if s.expected_reason is None}
@@ -72,16 +88,8 @@ def test_500_valid_20_invalid(broker: LocalBroker, settings_for, tmp_path: Path)
     reader = _reader(broker, settings)
     try:
         worker.wait_ready()
-        produce(
-            [s.value for s in samples],
-            [broker.bootstrap],
-            settings.topic_posts,
-            LOCAL_BROKER_PROFILE,
-            progress=False,
-        )
-        assert reader.wait_for(lambda o: o.accounted >= len(samples), timeout_s=300)
-        time.sleep(2)  # anything extra would show up now
-        reader.poll(1000)
+        _produce_all(broker, settings, samples)
+        _drain(reader, len(samples))
         metrics = worker.metrics()
     finally:
         reader.close()
@@ -105,22 +113,14 @@ def test_sigkill_mid_stream_loses_nothing(
     reader = _reader(broker, settings)
     try:
         first.wait_ready()
-        produce(
-            [s.value for s in samples],
-            [broker.bootstrap],
-            settings.topic_posts,
-            LOCAL_BROKER_PROFILE,
-            progress=False,
-        )
+        _produce_all(broker, settings, samples)
         assert reader.wait_for(lambda o: o.accounted >= 120, timeout_s=120)
         first.kill()  # no shutdown, no final offset commit
         killed_at = reader.outputs.accounted
         assert killed_at < len(samples), "the kill came too late to test anything"
         second = _worker(settings, tmp_path / "worker2.log").start()
         try:
-            assert reader.wait_for(lambda o: o.accounted >= len(samples), timeout_s=300)
-            time.sleep(2)
-            reader.poll(1000)
+            _drain(reader, len(samples))
         finally:
             assert second.stop() == 0, (tmp_path / "worker2.log").read_text()[-3000:]
     finally:
