@@ -136,7 +136,12 @@ def ensure_topics(
     bootstrap: list[str], topics: list[str], partitions: int, replication: int = 1
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="postpulse-admin")
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id="postpulse-admin", request_timeout_ms=15000
+        )
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach a Kafka broker at {bootstrap}: {exc}") from exc
     try:
         existing = set(admin.list_topics())
         missing = [t for t in topics if t not in existing]

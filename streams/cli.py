@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from streams.settings import Settings, bootstrap_servers, broker_profile
 
 log = logging.getLogger("postpulse")
@@ -91,7 +93,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     components = build_components(settings)
     app = create_app(components)
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        components.sink.close()
+        components.executor.shutdown(wait=False, cancel_futures=True)
     return 0
 
 
@@ -223,7 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "similar" and bool(args.post_id) == bool(args.text):
         print("postpulse similar: give a POST_ID or --text, not both", file=sys.stderr)
         return 2
-    return int(args.func(args))
+    from encoders.bundle import BundleError
+    from exporters.milvus import SchemaMismatchError
+    from streams.broker import BrokerError
+
+    try:
+        return int(args.func(args))
+    except (BundleError, SchemaMismatchError, BrokerError, ValidationError) as exc:
+        print(f"postpulse {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

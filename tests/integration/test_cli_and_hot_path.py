@@ -141,3 +141,17 @@ def test_demo_runs_end_to_end_and_prints_its_summary(bundle_path: Path, tmp_path
     ):
         assert reason in text
     assert "similar to the text" in text and "worker stopped cleanly (exit 0)" in text
+
+
+def test_cli_reports_a_missing_bundle_clearly(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [*CLI, "worker", "--bundle", str(tmp_path / "none"), "--no-create-topics"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "no model bundle" in out.stderr and "postpulse export" in out.stderr
+    assert "Traceback" not in out.stderr
+    both = subprocess.run([*CLI, "similar", "p1", "--text", "x"], capture_output=True, text=True)
+    assert both.returncode == 2 and "not both" in both.stderr
