@@ -157,6 +157,10 @@ def cmd_similar(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
+    # the summary is the demo's output; keep library chatter out of it
+    for name in ("encoders", "streams", "exporters", "milvus_lite"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+
     return run_demo(
         bundle=Path(args.bundle),
         workdir=Path(args.workdir),
