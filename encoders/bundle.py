@@ -104,7 +104,7 @@ def write_default_bundle(
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> Manifest:
     """Export the default encoders into a new bundle at ``out`` (replaced atomically)."""
-    from encoders.export import export_encoder
+    from encoders.export import check_prebuilt, export_encoder
     from encoders.registry import DEFAULT_ENCODERS, get_encoder_spec
     from streams import __version__
 
@@ -120,9 +120,14 @@ def write_default_bundle(
                 raise BundleError(f"encoder {name!r} is a {spec.modality} encoder, not {modality}")
             folder = staging / modality
             folder.mkdir()
-            progress(f"exporting {modality} encoder {name}")
-            report = export_encoder(spec, folder / "model.onnx")
-            assets = spec.write_assets(folder)
+            if spec.build_module is None:
+                progress(f"copying {modality} encoder {name} (ships as ONNX)")
+                assets = spec.write_assets(folder)
+                report = check_prebuilt(spec, folder / "model.onnx")
+            else:
+                progress(f"exporting {modality} encoder {name}")
+                report = export_encoder(spec, folder / "model.onnx")
+                assets = spec.write_assets(folder)
             entries[modality] = EncoderEntry(
                 name=spec.name,
                 modality=modality,
@@ -143,6 +148,7 @@ def write_default_bundle(
             trained=False,
             description=(
                 "Untrained baseline: concatenation of the L2-normalised modality embeddings "
+                f"({', '.join(modalities)}) "
                 "(zeros for a missing modality) and the modality-presence mask, L2-normalised. "
                 "Replaced by the trained fusion model."
             ),

@@ -32,7 +32,9 @@ class ExportSpec:
 class EncoderSpec:
     """A registered encoder: identity, output size, export spec and offline builders.
 
-    ``build_module`` returns the source PyTorch module in eval mode; ``sample_inputs``
+    ``build_module`` returns the source PyTorch module in eval mode, or is ``None`` for
+    an encoder that ships as ONNX in a package (``write_assets`` then copies
+    ``model.onnx`` into the bundle and the load is smoke-tested); ``sample_inputs``
     returns named numpy inputs used both to trace the export and to check parity
     (they must exercise the dynamic axes, e.g. padding); ``write_assets`` copies
     what the runtime needs besides the ONNX file (tokenizer, preprocessing config)
@@ -45,7 +47,7 @@ class EncoderSpec:
     version: str
     source: str
     export: ExportSpec
-    build_module: Callable[[], torch.nn.Module]
+    build_module: Callable[[], torch.nn.Module] | None
     sample_inputs: Callable[[int], dict[str, np.ndarray]]
     write_assets: Callable[[Path], dict[str, Any]] = field(default=lambda _folder: {})
 
@@ -81,10 +83,15 @@ def registered_encoders() -> dict[str, EncoderSpec]:
     return dict(_REGISTRY)
 
 
-DEFAULT_ENCODERS: dict[str, str] = {"text": "minilm-l6-v2", "image": "efficientnet-lite0"}
+DEFAULT_ENCODERS: dict[str, str] = {
+    "text": "minilm-l6-v2",
+    "image": "efficientnet-lite0",
+    "audio": "speech-embedding",
+    "video": "attention-pool-1280",
+}
 """The encoder each modality uses in the default bundle."""
 
 
 def _load_builtin_encoders() -> None:
     # Importing the modules runs their register_encoder() calls.
-    from encoders import image, text  # noqa: F401
+    from encoders import audio, image, text, video  # noqa: F401

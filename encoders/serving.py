@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from encoders.audio import SpeechEmbeddingEncoder
 from encoders.bundle import BundleError, Manifest, load_manifest
 from encoders.image import ImageEncoder
 from encoders.text import TextEncoder
+from encoders.video import VideoTemporalEncoder
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +55,23 @@ class ServedBundle:
         missing = {"text", "image"} - set(enc)
         if missing:
             raise BundleError(f"bundle {path} lacks encoders for {sorted(missing)}")
-        self.text = TextEncoder(
-            (path / enc["text"].file).parent,
-            {**enc["text"].assets, "dim": enc["text"].dim, "file": Path(enc["text"].file).name},
-            device,
-            intra_op_threads,
+
+        def meta(modality: str) -> tuple[Path, dict[str, Any]]:
+            entry = enc[modality]
+            folder = (path / entry.file).parent
+            return folder, {**entry.assets, "dim": entry.dim, "file": Path(entry.file).name}
+
+        self.text = TextEncoder(*meta("text"), device, intra_op_threads)
+        self.image = ImageEncoder(*meta("image"), device, intra_op_threads)
+        self.audio: SpeechEmbeddingEncoder | None = (
+            SpeechEmbeddingEncoder(*meta("audio"), device, intra_op_threads)
+            if "audio" in enc
+            else None
         )
-        self.image = ImageEncoder(
-            (path / enc["image"].file).parent,
-            {**enc["image"].assets, "dim": enc["image"].dim, "file": Path(enc["image"].file).name},
-            device,
-            intra_op_threads,
+        self.video: VideoTemporalEncoder | None = (
+            VideoTemporalEncoder(*meta("video"), device, intra_op_threads)
+            if "video" in enc
+            else None
         )
         self.modalities: list[str] = list(self.manifest.fusion.modalities)
         self.dim = self.manifest.fusion.dim
@@ -83,9 +91,10 @@ class ServedBundle:
         n = len(texts)
         presence = np.zeros((n, len(self.modalities)), dtype=np.float32)
         presence[:, self.modalities.index("text")] = 1.0
-        parts = {m: np.zeros((n, self._dim_of(m)), dtype=np.float32) for m in self.modalities}
+        parts = {m: np.zeros((n, self.dim_of(m)), dtype=np.float32) for m in self.modalities}
         parts["text"] = self.text.encode(texts)
         return self.fuse(parts, presence)
 
-    def _dim_of(self, modality: str) -> int:
+    def dim_of(self, modality: str) -> int:
+        """Embedding size of one modality's encoder."""
         return self.manifest.encoders[modality].dim

@@ -10,11 +10,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from encoders.media import AVLimits
 from encoders.serving import ServedBundle
 from streams.records import DeadLetter, DeadLetterReason, Envelope
 from streams.settings import Settings
 from streams.stages.analyse import AnalysedPost, PostAnalyser, StageTimer
 from streams.stages.decode import DecodedPost, DecodeLimits, MediaDecoder
+from streams.stages.fetch import FetchLimits, MediaFetcher
 from streams.stages.validate import PostValidator, ValidatedPost, ValidationLimits
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,35 @@ class PostPipeline:
         self.validator = PostValidator(
             ValidationLimits(settings.max_text_chars, settings.max_media_items)
         )
+        av_limits = AVLimits(
+            max_duration_s=settings.max_media_duration_s,
+            max_frame_pixels=settings.max_frame_pixels,
+            max_decode_s=settings.max_decode_s,
+            sample_fps=settings.video_sample_fps,
+            max_frames=settings.video_max_frames,
+        )
+        fetcher = (
+            MediaFetcher(
+                FetchLimits(
+                    connect_timeout_s=settings.fetch_connect_timeout_s,
+                    read_timeout_s=settings.fetch_read_timeout_s,
+                    total_timeout_s=settings.fetch_total_timeout_s,
+                    max_bytes=settings.max_media_bytes,
+                    max_redirects=settings.fetch_max_redirects,
+                    concurrency=settings.fetch_concurrency,
+                    allowed_networks=settings.fetch_allowed_networks,
+                )
+            )
+            if settings.fetch_enabled
+            else None
+        )
+        supported = frozenset(m for m in bundle.modalities if m != "text")
         self.decoder = MediaDecoder(
-            DecodeLimits(settings.max_media_bytes, settings.max_image_pixels, settings.media_root)
+            DecodeLimits(
+                settings.max_media_bytes, settings.max_image_pixels, settings.media_root, av_limits
+            ),
+            fetcher,
+            supported,
         )
         self.analyser = PostAnalyser(bundle)
         self.bundle = bundle
@@ -63,9 +92,11 @@ class PostPipeline:
 
         start = time.perf_counter()
         decoded: list[DecodedPost] = []
-        for item in valid:
+        fetched = self.decoder.prefetch(valid)
+        timer.stages["fetch"] = time.perf_counter() - start
+        for index, item in enumerate(valid):
             try:
-                res = self.decoder(item)
+                res = self.decoder(item, fetched, index)
             except Exception as exc:
                 log.exception("decode stage raised on post %s", item.post.post_id)
                 res = item.envelope.dead_letter(

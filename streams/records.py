@@ -42,7 +42,7 @@ class MediaKind(StrEnum):
     AUDIO = "audio"
 
 
-MODALITIES: tuple[str, ...] = ("text", "image")
+MODALITIES: tuple[str, ...] = ("text", "image", "audio", "video")
 """Modalities the current bundle encodes, in presence-mask order."""
 
 
@@ -155,6 +155,13 @@ class DeadLetterReason(StrEnum):
     TOO_MANY_REDIRECTS = "too_many_redirects"
     MEDIA_TYPE_MISMATCH = "media_type_mismatch"
     IMAGE_UNDECODABLE = "image_undecodable"
+    MEDIA_UNDECODABLE = "media_undecodable"
+    MEDIA_TRUNCATED = "media_truncated"
+    NO_VIDEO_STREAM = "no_video_stream"
+    NO_AUDIO_STREAM = "no_audio_stream"
+    MEDIA_TOO_LONG = "media_too_long"
+    FRAME_TOO_LARGE = "frame_too_large"
+    DECODE_TIMEOUT = "decode_timeout"
     IMAGE_TOO_LARGE = "image_too_large"
     ENCODER_FAILED = "encoder_failed"
     INTERNAL_ERROR = "internal_error"
@@ -192,6 +199,7 @@ class Analysis(BaseModel):
     created_at_ms: int
     modalities: list[str]
     skipped_media: list[str] = Field(default_factory=list)
+    speech_ratio: float | None = None
     category: str | None
     category_probs: dict[str, float]
     sentiment: Literal["negative", "neutral", "positive"]

@@ -55,6 +55,23 @@ class Settings(BaseSettings):
     )
     output_retry_max_s: float = Field(default=30.0, gt=0)
 
+    max_media_duration_s: float = Field(default=600.0, gt=0, description="longest video/audio")
+    max_frame_pixels: int = Field(default=4096 * 4096, ge=1)
+    max_decode_s: float = Field(default=20.0, gt=0, description="wall-clock cap per media item")
+    video_sample_fps: float = Field(default=1.0, gt=0)
+    video_max_frames: int = Field(default=16, ge=1)
+
+    fetch_enabled: bool = True
+    fetch_connect_timeout_s: float = Field(default=3.0, gt=0)
+    fetch_read_timeout_s: float = Field(default=10.0, gt=0)
+    fetch_total_timeout_s: float = Field(default=30.0, gt=0)
+    fetch_max_redirects: int = Field(default=3, ge=0)
+    fetch_concurrency: int = Field(default=16, ge=1)
+    fetch_allowed_networks: tuple[str, ...] = Field(
+        default=(),
+        description="CIDRs media may be fetched from although private/loopback (default: none)",
+    )
+
 
 @dataclass(frozen=True)
 class BrokerProfile:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from encoders.serving import ServedBundle, l2_normalize
@@ -80,36 +81,75 @@ class PostAnalyser:
         if not batch:
             return []
         n = len(batch)
-        modalities = self.bundle.modalities
+        bundle = self.bundle
+        modalities = bundle.modalities
         presence = np.zeros((n, len(modalities)), dtype=np.float32)
-        text_idx = [i for i, d in enumerate(batch) if d.validated.post.text.strip()]
-        text_emb = np.zeros((n, self.bundle.text.dim), dtype=np.float32)
+        parts = {m: np.zeros((n, bundle.dim_of(m)), dtype=np.float32) for m in modalities}
+
         start = time.perf_counter()
+        text_idx = [i for i, d in enumerate(batch) if d.validated.post.text.strip()]
         if text_idx:
-            text_emb[text_idx] = self.bundle.text.encode(
+            parts["text"][text_idx] = bundle.text.encode(
                 [batch[i].validated.post.text for i in text_idx]
             )
             presence[text_idx, modalities.index("text")] = 1.0
         timer.encoders["text"] = time.perf_counter() - start
         timer.encoder_items["text"] = len(text_idx)
 
+        # Images and sampled video frames share one image-encoder batch.
         start = time.perf_counter()
-        owners = [i for i, d in enumerate(batch) for _ in d.images]
-        image_emb = np.zeros((n, self.bundle.image.dim), dtype=np.float32)
-        if owners:
-            pixels = np.stack([self.bundle.image.preprocess(im) for d in batch for im in d.images])
+        pictures: list[tuple[int, int, Image.Image]] = []  # (post, video index or -1, picture)
+        for i, d in enumerate(batch):
+            pictures += [(i, -1, im) for im in d.images]
+            for v, video in enumerate(d.videos):
+                pictures += [(i, v, frame) for frame in video.frames]
+        features = np.zeros((0, bundle.image.dim), dtype=np.float32)
+        if pictures:
+            pixels = np.stack([bundle.image.preprocess(p) for _, _, p in pictures])
             timer.stages["preprocess_image"] = time.perf_counter() - start
             start = time.perf_counter()
-            per_image = l2_normalize(self.bundle.image.encode(pixels))
-            np.add.at(image_emb, owners, per_image)
-            image_emb = l2_normalize(image_emb)
-            presence[sorted(set(owners)), modalities.index("image")] = 1.0
+            features = l2_normalize(bundle.image.encode(pixels))
         timer.encoders["image"] = time.perf_counter() - start
-        timer.encoder_items["image"] = len(owners)
+        timer.encoder_items["image"] = len(pictures)
+        image_owners = [i for i, v, _ in pictures if v < 0]
+        if image_owners:
+            rows = [k for k, (_, v, _) in enumerate(pictures) if v < 0]
+            np.add.at(parts["image"], image_owners, features[rows])
+            parts["image"] = l2_normalize(parts["image"])
+            presence[sorted(set(image_owners)), modalities.index("image")] = 1.0
+
+        if "video" in modalities and bundle.video is not None:
+            start = time.perf_counter()
+            keys = sorted({(i, v) for i, v, _ in pictures if v >= 0})
+            if keys:
+                per_video = [
+                    features[[k for k, (pi, pv, _) in enumerate(pictures) if (pi, pv) == key]]
+                    for key in keys
+                ]
+                videos = l2_normalize(bundle.video.encode(per_video))
+                np.add.at(parts["video"], [i for i, _ in keys], videos)
+                parts["video"] = l2_normalize(parts["video"])
+                presence[sorted({i for i, _ in keys}), modalities.index("video")] = 1.0
+            timer.encoders["video"] = time.perf_counter() - start
+            timer.encoder_items["video"] = len(keys)
+
+        speech: dict[int, float] = {}
+        if "audio" in modalities and bundle.audio is not None:
+            start = time.perf_counter()
+            clips = [(i, clip) for i, d in enumerate(batch) for clip in d.audio_clips]
+            if clips:
+                embedded = l2_normalize(bundle.audio.encode([c for _, c in clips]))
+                np.add.at(parts["audio"], [i for i, _ in clips], embedded)
+                parts["audio"] = l2_normalize(parts["audio"])
+                presence[sorted({i for i, _ in clips}), modalities.index("audio")] = 1.0
+                for i, clip in clips:
+                    speech[i] = max(speech.get(i, 0.0), bundle.audio.speech_ratio(clip))
+            timer.encoders["audio"] = time.perf_counter() - start
+            timer.encoder_items["audio"] = len(clips)
 
         start = time.perf_counter()
-        fused = self.bundle.fuse({"text": text_emb, "image": image_emb}, presence)
-        logits = (text_emb @ self.category_vectors.T) / CATEGORY_TEMPERATURE
+        fused = bundle.fuse(parts, presence)
+        logits = (parts["text"] @ self.category_vectors.T) / CATEGORY_TEMPERATURE
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
@@ -136,6 +176,7 @@ class PostAnalyser:
                 created_at_ms=post.created_at_ms,
                 modalities=[m for j, m in enumerate(modalities) if presence[i, j] > 0],
                 skipped_media=decoded.skipped_media,
+                speech_ratio=round(speech[i], 4) if i in speech else None,
                 category=category,
                 category_probs=category_probs,
                 sentiment=sentiment_label(compound),  # type: ignore[arg-type]

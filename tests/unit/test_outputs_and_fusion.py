@@ -162,7 +162,10 @@ def test_pipeline_turns_a_stage_bug_into_dead_letters() -> None:
     from streams.pipeline import PostPipeline
 
     class ExplodingDecoder:
-        def __call__(self, item: object) -> object:
+        def prefetch(self, items: object) -> dict[object, object]:
+            return {}
+
+        def __call__(self, item: object, fetched: object, index: int) -> object:
             raise RuntimeError("boom")
 
     pipeline = PostPipeline.__new__(PostPipeline)

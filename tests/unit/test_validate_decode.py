@@ -77,10 +77,12 @@ def test_valid_post_passes() -> None:
     assert result.post.created_at_ms == 1_767_225_600_000
 
 
-def _decode(doc: dict[str, object], limits: DecodeLimits) -> DecodedPost | DeadLetter:
+def _decode(
+    doc: dict[str, object], limits: DecodeLimits, supported: frozenset[str] = frozenset({"image"})
+) -> DecodedPost | DeadLetter:
     validated = VALIDATOR(env(doc))
     assert isinstance(validated, ValidatedPost), validated
-    return MediaDecoder(limits)(validated)
+    return MediaDecoder(limits, supported=supported)(validated)
 
 
 def _b64(data: bytes) -> str:
