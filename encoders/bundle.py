@@ -81,6 +81,9 @@ class Manifest(BaseModel):
     labels: dict[str, list[str]]
     category_prompts: dict[str, str]
     metrics: dict[str, Any] = Field(default_factory=dict)
+    tools: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="non-embedding models: OCR, speech to text"
+    )
     files: dict[str, str]
 
 
@@ -102,6 +105,7 @@ def write_default_bundle(
     out: Path,
     encoders: dict[str, str] | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
+    include_tools: bool = True,
 ) -> Manifest:
     """Export the default encoders into a new bundle at ``out`` (replaced atomically)."""
     from encoders.export import check_prebuilt, export_encoder
@@ -141,6 +145,14 @@ def write_default_bundle(
                 assets=assets,
             )
         modalities = list(entries)
+        tools: dict[str, dict[str, Any]] = {}
+        if include_tools:
+            from encoders.ocr import write_ocr_assets
+            from encoders.speech import write_whisper_assets
+
+            progress("copying OCR models (PP-OCRv4) and speech to text (Whisper tiny.en)")
+            tools["ocr"] = write_ocr_assets(staging / "ocr")
+            tools["stt"] = write_whisper_assets(staging / "stt")
         fusion = FusionEntry(
             strategy="baseline-early-concat",
             modalities=modalities,
@@ -159,7 +171,8 @@ def write_default_bundle(
             if p.is_file()
         }
         version_key = json.dumps(
-            {"files": files, "fusion": fusion.model_dump(), "encoders": chosen}, sort_keys=True
+            {"files": files, "fusion": fusion.model_dump(), "encoders": chosen, "tools": tools},
+            sort_keys=True,
         )
         manifest = Manifest(
             bundle_version=hashlib.sha256(version_key.encode()).hexdigest()[:12],
@@ -169,6 +182,7 @@ def write_default_bundle(
             fusion=fusion,
             labels={"category": list(DEFAULT_CATEGORY_PROMPTS), "sentiment": SENTIMENT_LABELS},
             category_prompts=DEFAULT_CATEGORY_PROMPTS,
+            tools=tools,
             files=files,
         )
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")

@@ -14,6 +14,8 @@ import numpy as np
 from encoders.audio import SpeechEmbeddingEncoder
 from encoders.bundle import BundleError, Manifest, load_manifest
 from encoders.image import ImageEncoder
+from encoders.ocr import ImageTextReader
+from encoders.speech import SpeechTranscriber
 from encoders.text import TextEncoder
 from encoders.video import VideoTemporalEncoder
 
@@ -46,6 +48,9 @@ class ServedBundle:
         path: Path,
         device: Literal["auto", "cpu", "cuda"] = "auto",
         intra_op_threads: int = 0,
+        ocr: bool = True,
+        stt: bool = True,
+        stt_beam_size: int = 5,
     ) -> None:
         self.path = path
         self.manifest: Manifest = load_manifest(path)
@@ -73,6 +78,14 @@ class ServedBundle:
             if "video" in enc
             else None
         )
+        use_cuda = self.text.model.provider == "CUDAExecutionProvider"
+        tools = self.manifest.tools
+        self.ocr: ImageTextReader | None = None
+        if ocr and "ocr" in tools:
+            self.ocr = ImageTextReader(path / "ocr", use_cuda=use_cuda)
+        self.stt: SpeechTranscriber | None = None
+        if stt and "stt" in tools:
+            self.stt = SpeechTranscriber(path / tools["stt"]["folder"], use_cuda, stt_beam_size)
         self.modalities: list[str] = list(self.manifest.fusion.modalities)
         self.dim = self.manifest.fusion.dim
         self.version = self.manifest.bundle_version

@@ -43,7 +43,14 @@ def build_components(
     settings: Settings, registry: CollectorRegistry | None = None
 ) -> WorkerComponents:
     """Load the bundle, connect Milvus (creating the collection if missing), make metrics."""
-    bundle = ServedBundle(settings.bundle_path, settings.device, settings.intra_op_threads)
+    bundle = ServedBundle(
+        settings.bundle_path,
+        settings.device,
+        settings.intra_op_threads,
+        ocr=settings.ocr_enabled,
+        stt=settings.stt_enabled,
+        stt_beam_size=settings.stt_beam_size,
+    )
     metrics = PipelineMetrics(registry or CollectorRegistry())
     metrics.bundle_info.labels(
         bundle.version, bundle.manifest.fusion.strategy, bundle.provider

@@ -14,7 +14,7 @@ from encoders.media import AVLimits
 from encoders.serving import ServedBundle
 from streams.records import DeadLetter, DeadLetterReason, Envelope
 from streams.settings import Settings
-from streams.stages.analyse import AnalysedPost, PostAnalyser, StageTimer
+from streams.stages.analyse import AnalysedPost, AnalyserOptions, PostAnalyser, StageTimer
 from streams.stages.decode import DecodedPost, DecodeLimits, MediaDecoder
 from streams.stages.fetch import FetchLimits, MediaFetcher
 from streams.stages.validate import PostValidator, ValidatedPost, ValidationLimits
@@ -69,7 +69,13 @@ class PostPipeline:
             fetcher,
             supported,
         )
-        self.analyser = PostAnalyser(bundle)
+        self.analyser = PostAnalyser(
+            bundle,
+            AnalyserOptions(
+                ocr_frames_per_video=settings.ocr_frames_per_video,
+                stt_min_speech_ratio=settings.stt_min_speech_ratio,
+            ),
+        )
         self.bundle = bundle
 
     def process(self, envelopes: list[Envelope]) -> BatchOutcome:

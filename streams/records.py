@@ -200,6 +200,8 @@ class Analysis(BaseModel):
     modalities: list[str]
     skipped_media: list[str] = Field(default_factory=list)
     speech_ratio: float | None = None
+    transcript: str | None = None
+    ocr_text: str | None = None
     category: str | None
     category_probs: dict[str, float]
     sentiment: Literal["negative", "neutral", "positive"]

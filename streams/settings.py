@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     video_sample_fps: float = Field(default=1.0, gt=0)
     video_max_frames: int = Field(default=16, ge=1)
 
+    ocr_enabled: bool = True
+    ocr_frames_per_video: int = Field(default=3, ge=0)
+    stt_enabled: bool = True
+    stt_beam_size: int = Field(default=5, ge=1)
+    stt_min_speech_ratio: float = Field(default=0.1, ge=0, le=1)
+
     fetch_enabled: bool = True
     fetch_connect_timeout_s: float = Field(default=3.0, gt=0)
     fetch_read_timeout_s: float = Field(default=10.0, gt=0)

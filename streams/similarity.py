@@ -43,7 +43,9 @@ def find_similar(
             return [h for h in hits if h.post_id != post_id][:top_k]
         from encoders.serving import ServedBundle
 
-        bundle = ServedBundle(settings.bundle_path, settings.device, settings.intra_op_threads)
+        bundle = ServedBundle(
+            settings.bundle_path, settings.device, settings.intra_op_threads, ocr=False, stt=False
+        )
         assert text is not None
         return index.search(bundle.embed_texts([text]), top_k=top_k)[0]
     finally:

@@ -7,6 +7,10 @@ ships in a bundle, the heads are honest baselines:
   prompts, softmax at temperature 0.05; no category for posts without text;
 * sentiment: VADER's rule-based compound score on the text;
 * popularity: ``log1p(likes + 2·comments + 3·shares + views/100)`` when engagement is given.
+
+Text found in images and video frames (OCR) and speech transcripts (Whisper, only for
+clips that voice-activity detection calls speech) join the post's text before it is
+encoded, marked ``[ocr]`` and ``[speech]``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,25 @@ from streams.records import Analysis, Engagement
 from streams.stages.decode import DecodedPost
 
 CATEGORY_TEMPERATURE = 0.05
+
+
+@dataclass(frozen=True)
+class AnalyserOptions:
+    """Knobs of the analyse stage."""
+
+    ocr_frames_per_video: int = 3
+    ocr_max_images_per_post: int = 4
+    stt_min_speech_ratio: float = 0.1
+
+
+def compose_text(text: str, transcript: str, ocr_text: str) -> str:
+    """The post's text with speech and OCR text appended, each marked by its source."""
+    parts = [text.strip()] if text.strip() else []
+    if transcript:
+        parts.append(f"[speech] {transcript}")
+    if ocr_text:
+        parts.append(f"[ocr] {ocr_text}")
+    return "\n".join(parts)
 
 
 @dataclass
@@ -68,8 +91,14 @@ class PostAnalyser:
 
     name = "analyse"
 
-    def __init__(self, bundle: ServedBundle, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        bundle: ServedBundle,
+        options: AnalyserOptions | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.bundle = bundle
+        self.options = options or AnalyserOptions()
         self.clock = clock
         self.categories = list(bundle.manifest.category_prompts)
         prompts = [bundle.manifest.category_prompts[c] for c in self.categories]
@@ -86,66 +115,21 @@ class PostAnalyser:
         presence = np.zeros((n, len(modalities)), dtype=np.float32)
         parts = {m: np.zeros((n, bundle.dim_of(m)), dtype=np.float32) for m in modalities}
 
+        pictures = self._pictures(batch, parts, presence, timer)
+        speech, transcripts = self._audio(batch, parts, presence, timer)
+        ocr_texts = self._ocr(batch, pictures, timer)
+        texts = [
+            compose_text(d.validated.post.text, transcripts.get(i, ""), ocr_texts.get(i, ""))
+            for i, d in enumerate(batch)
+        ]
+
         start = time.perf_counter()
-        text_idx = [i for i, d in enumerate(batch) if d.validated.post.text.strip()]
+        text_idx = [i for i, t in enumerate(texts) if t]
         if text_idx:
-            parts["text"][text_idx] = bundle.text.encode(
-                [batch[i].validated.post.text for i in text_idx]
-            )
+            parts["text"][text_idx] = bundle.text.encode([texts[i] for i in text_idx])
             presence[text_idx, modalities.index("text")] = 1.0
         timer.encoders["text"] = time.perf_counter() - start
         timer.encoder_items["text"] = len(text_idx)
-
-        # Images and sampled video frames share one image-encoder batch.
-        start = time.perf_counter()
-        pictures: list[tuple[int, int, Image.Image]] = []  # (post, video index or -1, picture)
-        for i, d in enumerate(batch):
-            pictures += [(i, -1, im) for im in d.images]
-            for v, video in enumerate(d.videos):
-                pictures += [(i, v, frame) for frame in video.frames]
-        features = np.zeros((0, bundle.image.dim), dtype=np.float32)
-        if pictures:
-            pixels = np.stack([bundle.image.preprocess(p) for _, _, p in pictures])
-            timer.stages["preprocess_image"] = time.perf_counter() - start
-            start = time.perf_counter()
-            features = l2_normalize(bundle.image.encode(pixels))
-        timer.encoders["image"] = time.perf_counter() - start
-        timer.encoder_items["image"] = len(pictures)
-        image_owners = [i for i, v, _ in pictures if v < 0]
-        if image_owners:
-            rows = [k for k, (_, v, _) in enumerate(pictures) if v < 0]
-            np.add.at(parts["image"], image_owners, features[rows])
-            parts["image"] = l2_normalize(parts["image"])
-            presence[sorted(set(image_owners)), modalities.index("image")] = 1.0
-
-        if "video" in modalities and bundle.video is not None:
-            start = time.perf_counter()
-            keys = sorted({(i, v) for i, v, _ in pictures if v >= 0})
-            if keys:
-                per_video = [
-                    features[[k for k, (pi, pv, _) in enumerate(pictures) if (pi, pv) == key]]
-                    for key in keys
-                ]
-                videos = l2_normalize(bundle.video.encode(per_video))
-                np.add.at(parts["video"], [i for i, _ in keys], videos)
-                parts["video"] = l2_normalize(parts["video"])
-                presence[sorted({i for i, _ in keys}), modalities.index("video")] = 1.0
-            timer.encoders["video"] = time.perf_counter() - start
-            timer.encoder_items["video"] = len(keys)
-
-        speech: dict[int, float] = {}
-        if "audio" in modalities and bundle.audio is not None:
-            start = time.perf_counter()
-            clips = [(i, clip) for i, d in enumerate(batch) for clip in d.audio_clips]
-            if clips:
-                embedded = l2_normalize(bundle.audio.encode([c for _, c in clips]))
-                np.add.at(parts["audio"], [i for i, _ in clips], embedded)
-                parts["audio"] = l2_normalize(parts["audio"])
-                presence[sorted({i for i, _ in clips}), modalities.index("audio")] = 1.0
-                for i, clip in clips:
-                    speech[i] = max(speech.get(i, 0.0), bundle.audio.speech_ratio(clip))
-            timer.encoders["audio"] = time.perf_counter() - start
-            timer.encoder_items["audio"] = len(clips)
 
         start = time.perf_counter()
         fused = bundle.fuse(parts, presence)
@@ -166,7 +150,7 @@ class PostAnalyser:
                 else {}
             )
             category = max(category_probs, key=category_probs.__getitem__) if has_text else None
-            compound = self.vader.polarity_scores(post.text)["compound"] if has_text else 0.0
+            compound = self.vader.polarity_scores(texts[i])["compound"] if has_text else 0.0
             sent_ts = decoded.validated.envelope.timestamp_ms
             mask = sum(1 << j for j in range(len(modalities)) if presence[i, j] > 0)
             analysis = Analysis(
@@ -177,16 +161,134 @@ class PostAnalyser:
                 modalities=[m for j, m in enumerate(modalities) if presence[i, j] > 0],
                 skipped_media=decoded.skipped_media,
                 speech_ratio=round(speech[i], 4) if i in speech else None,
+                transcript=transcripts.get(i) or None,
+                ocr_text=ocr_texts.get(i) or None,
                 category=category,
                 category_probs=category_probs,
                 sentiment=sentiment_label(compound),  # type: ignore[arg-type]
                 sentiment_score=float(compound),
                 popularity=popularity_score(post.engagement),
                 topic=category,
-                bundle_version=self.bundle.version,
-                fusion=self.bundle.manifest.fusion.strategy,
+                bundle_version=bundle.version,
+                fusion=bundle.manifest.fusion.strategy,
                 latency_ms=float(max(0, now_ms - sent_ts)) if sent_ts is not None else 0.0,
                 processed_at_ms=now_ms,
             )
             out.append(AnalysedPost(decoded, analysis, fused[i], mask))
         return out
+
+    def _pictures(
+        self,
+        batch: list[DecodedPost],
+        parts: dict[str, np.ndarray],
+        presence: np.ndarray,
+        timer: StageTimer,
+    ) -> list[tuple[int, int, Image.Image]]:
+        """Images and sampled video frames through one image-encoder batch, then the
+        temporal model over each video's frames. Returns (post, video or -1, picture)."""
+        bundle, modalities = self.bundle, self.bundle.modalities
+        start = time.perf_counter()
+        pictures: list[tuple[int, int, Image.Image]] = []
+        for i, d in enumerate(batch):
+            pictures += [(i, -1, im) for im in d.images]
+            for v, video in enumerate(d.videos):
+                pictures += [(i, v, frame) for frame in video.frames]
+        features = np.zeros((0, bundle.image.dim), dtype=np.float32)
+        if pictures:
+            pixels = np.stack([bundle.image.preprocess(p) for _, _, p in pictures])
+            timer.stages["preprocess_image"] = time.perf_counter() - start
+            start = time.perf_counter()
+            features = l2_normalize(bundle.image.encode(pixels))
+        timer.encoders["image"] = time.perf_counter() - start
+        timer.encoder_items["image"] = len(pictures)
+        image_rows = [k for k, (_, v, _) in enumerate(pictures) if v < 0]
+        if image_rows:
+            owners = [pictures[k][0] for k in image_rows]
+            np.add.at(parts["image"], owners, features[image_rows])
+            parts["image"] = l2_normalize(parts["image"])
+            presence[sorted(set(owners)), modalities.index("image")] = 1.0
+        if "video" in modalities and bundle.video is not None:
+            start = time.perf_counter()
+            keys = sorted({(i, v) for i, v, _ in pictures if v >= 0})
+            if keys:
+                per_video = [
+                    features[[k for k, (pi, pv, _) in enumerate(pictures) if (pi, pv) == key]]
+                    for key in keys
+                ]
+                videos = l2_normalize(bundle.video.encode(per_video))
+                np.add.at(parts["video"], [i for i, _ in keys], videos)
+                parts["video"] = l2_normalize(parts["video"])
+                presence[sorted({i for i, _ in keys}), modalities.index("video")] = 1.0
+            timer.encoders["video"] = time.perf_counter() - start
+            timer.encoder_items["video"] = len(keys)
+        return pictures
+
+    def _audio(
+        self,
+        batch: list[DecodedPost],
+        parts: dict[str, np.ndarray],
+        presence: np.ndarray,
+        timer: StageTimer,
+    ) -> tuple[dict[int, float], dict[int, str]]:
+        """Audio embeddings, voice activity, and transcripts of the clips with speech."""
+        bundle, modalities = self.bundle, self.bundle.modalities
+        speech: dict[int, float] = {}
+        transcripts: dict[int, str] = {}
+        if "audio" not in modalities or bundle.audio is None:
+            return speech, transcripts
+        start = time.perf_counter()
+        clips = [(i, clip) for i, d in enumerate(batch) for clip in d.audio_clips]
+        ratios: list[float] = []
+        if clips:
+            embedded = l2_normalize(bundle.audio.encode([c for _, c in clips]))
+            np.add.at(parts["audio"], [i for i, _ in clips], embedded)
+            parts["audio"] = l2_normalize(parts["audio"])
+            presence[sorted({i for i, _ in clips}), modalities.index("audio")] = 1.0
+            ratios = [bundle.audio.speech_ratio(clip) for _, clip in clips]
+            for (i, _), ratio in zip(clips, ratios, strict=True):
+                speech[i] = max(speech.get(i, 0.0), ratio)
+        timer.encoders["audio"] = time.perf_counter() - start
+        timer.encoder_items["audio"] = len(clips)
+        spoken = [
+            (i, clip)
+            for (i, clip), ratio in zip(clips, ratios, strict=True)
+            if ratio >= self.options.stt_min_speech_ratio
+        ]
+        if spoken and bundle.stt is not None:
+            start = time.perf_counter()
+            for (i, _), text in zip(
+                spoken, bundle.stt.transcribe([c for _, c in spoken]), strict=True
+            ):
+                if text:
+                    transcripts[i] = f"{transcripts.get(i, '')} {text}".strip()
+            timer.encoders["speech_to_text"] = time.perf_counter() - start
+            timer.encoder_items["speech_to_text"] = len(spoken)
+        return speech, transcripts
+
+    def _ocr(
+        self,
+        batch: list[DecodedPost],
+        pictures: list[tuple[int, int, Image.Image]],
+        timer: StageTimer,
+    ) -> dict[int, str]:
+        """Text read from a post's images and a few of each video's frames."""
+        if self.bundle.ocr is None or not pictures:
+            return {}
+        start = time.perf_counter()
+        chosen: list[tuple[int, Image.Image]] = []
+        for i, d in enumerate(batch):
+            chosen += [(i, im) for im in d.images[: self.options.ocr_max_images_per_post]]
+            for video in d.videos:
+                frames = video.frames
+                if frames:
+                    count = min(self.options.ocr_frames_per_video, len(frames))
+                    picks = np.linspace(0, len(frames) - 1, count).round().astype(int)
+                    chosen += [(i, frames[k]) for k in sorted(set(picks.tolist()))]
+        found: dict[int, list[str]] = {}
+        for i, picture in chosen:
+            text = self.bundle.ocr.read(picture)
+            if text and text not in found.get(i, []):
+                found.setdefault(i, []).append(text)
+        timer.encoders["ocr"] = time.perf_counter() - start
+        timer.encoder_items["ocr"] = len(chosen)
+        return {i: " ".join(lines) for i, lines in found.items()}
