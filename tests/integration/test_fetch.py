@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from streams.stages.fetch import (
     check_kind,
     sniff,
 )
+from tests.http_server import serve
 
 HOST = "127.0.0.2"  # loopback, allowed explicitly below; 127.0.0.1 stays forbidden
 
@@ -105,16 +105,8 @@ def server() -> Iterator[Server]:
             web.get("/missing", missing),
         ]
     )
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, HOST, port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield Server(f"http://{HOST}:{port}", port)
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve(app, HOST, port) as base:
+        yield Server(base, port)
 
 
 def fetch(urls: list[str], **limits: object) -> list[FetchedMedia | FetchError]:

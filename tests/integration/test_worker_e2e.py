@@ -8,58 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from exporters.milvus import PostIndex, connect, disconnect
-from streams.broker import LocalBroker, free_port
+from streams.broker import LocalBroker
 from streams.output_reader import OutputReader
-from streams.producer import produce
 from streams.samples import SamplePost, mixed_stream
-from streams.settings import LOCAL_BROKER_PROFILE, Settings
-from streams.worker_process import WorkerProcess
+from streams.settings import Settings
+from tests.workers import milvus_ids as _milvus_ids
+from tests.workers import produce_all as _produce_all
+from tests.workers import reader as _reader
+from tests.workers import start_worker as _worker
 
 pytestmark = pytest.mark.integration
 
 VALID, BROKEN = 500, 20
-
-
-def _worker(settings: Settings, log: Path) -> WorkerProcess:
-    env = {
-        "POSTPULSE_BROKER_URL": settings.broker_url,
-        "POSTPULSE_BUNDLE_PATH": str(settings.bundle_path),
-        "POSTPULSE_MILVUS_URI": settings.milvus_uri,
-        "POSTPULSE_DATA_DIR": str(settings.data_dir),
-        "POSTPULSE_WEB_PORT": str(free_port()),
-        "POSTPULSE_TOPIC_POSTS": settings.topic_posts,
-        "POSTPULSE_TOPIC_DLQ": settings.topic_dlq,
-        "POSTPULSE_TOPIC_ANALYSES": settings.topic_analyses,
-        "POSTPULSE_APP_ID": settings.app_id,
-        "POSTPULSE_MAX_BATCH": "16",
-    }
-    return WorkerProcess(env, log)
-
-
-def _milvus_ids(settings: Settings) -> tuple[int, set[str]]:
-    client = connect(settings.milvus_uri)
-    try:
-        index = PostIndex(client, settings.milvus_collection)
-        return index.count(), index.post_ids()
-    finally:
-        disconnect(client, settings.milvus_uri)
-
-
-def _reader(broker: LocalBroker, settings: Settings) -> OutputReader:
-    return OutputReader(
-        [broker.bootstrap], settings.topic_analyses, settings.topic_dlq, LOCAL_BROKER_PROFILE
-    )
-
-
-def _produce_all(broker: LocalBroker, settings: Settings, samples: list[SamplePost]) -> None:
-    produce(
-        [s.value for s in samples],
-        [broker.bootstrap],
-        settings.topic_posts,
-        LOCAL_BROKER_PROFILE,
-        progress=False,
-    )
 
 
 def _drain(reader: OutputReader, expected: int) -> None:
