@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import media
 from encoders.bundle import load_manifest
 from encoders.image import preprocess_image, synthetic_image
 from encoders.registry import get_encoder_spec
@@ -173,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     print("encoders: batched ONNX Runtime vs per-item PyTorch eager ...")
     results["text_encoder"] = bench_text_encoder(served, args.texts)
     results["image_encoder"] = bench_image_encoder(served, args.images)
+    print("media: decode paths, temporal model, speech embedding, speech to text, OCR ...")
+    results["video_decode"] = media.bench_video_decode()
+    results["audio_decode"] = media.bench_audio_decode()
+    results["temporal_model"] = media.bench_temporal_model(served)
+    results["speech_embedding"] = media.bench_speech_embedding(served)
+    results["speech_to_text"] = media.bench_speech_to_text(served)
+    results["ocr"] = media.bench_ocr(served)
     del served
     workdir = Path(tempfile.mkdtemp(prefix="postpulse-bench-"))
     try:
@@ -206,6 +214,21 @@ def main(argv: list[str] | None = None) -> int:
         f"batch 1 {baseline['posts_per_s']:.1f} posts/s "
         f"(p50 {baseline['latency_s']['p50']:.2f}s, p99 {baseline['latency_s']['p99']:.2f}s) "
         f"-> throughput x{e['throughput_ratio']:.2f}"
+    )
+    v, tm, se = results["video_decode"], results["temporal_model"], results["speech_embedding"]
+    st, oc = results["speech_to_text"], results["ocr"]
+    print(
+        f"video decode:  keyframes {v['keyframe_decode_s']:.3f}s vs full {v['full_decode_s']:.3f}s "
+        f"for {v['sampled_frames']} frames -> x{v['speedup']:.2f}"
+    )
+    print(f"temporal:      ONNX batched x{tm['speedup']:.2f} vs torch per video")
+    print(f"speech emb.:   shared batches x{se['speedup']:.2f} vs one clip per call")
+    print(
+        f"speech->text:  batched x{st['speedup']:.2f} vs one clip per call "
+        f"({st['batched_clips_per_s']:.1f} clips/s)"
+    )
+    print(
+        f"OCR:           {oc['postpulse_images_per_s']:.1f} img/s, x{oc['speedup']:.2f} vs package default"
     )
     print(f"written to {out}")
     return 0

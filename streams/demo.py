@@ -33,7 +33,7 @@ def run_demo(bundle: Path, workdir: Path, valid: int, broken: int, timeout_s: fl
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    samples = mixed_stream(valid, broken)
+    samples = mixed_stream(valid, broken, av=min(30, valid // 10))
     (workdir / "posts.jsonl").write_bytes(b"\n".join(s.value for s in samples) + b"\n")
     print(f"postpulse demo: {valid} valid + {broken} broken sample posts -> {workdir}/posts.jsonl")
 

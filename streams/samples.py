@@ -15,6 +15,15 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 from streams.records import DeadLetterReason
+from streams.sample_media import (
+    VIDEO_FORMATS,
+    audio_only_mp4,
+    huge_frame_video,
+    make_audio,
+    make_video,
+    ten_hour_video,
+    tone,
+)
 
 _TOPICS: dict[str, tuple[list[str], tuple[int, int, int]]] = {
     "sports": (
@@ -137,6 +146,7 @@ def broken_posts(count: int, seed: int = 11, max_text_chars: int = 20_000) -> li
     """``count`` posts that must each become a dead letter, cycling through the reasons."""
     bomb = base64.b64encode(decompression_bomb_png()).decode()
     junk = base64.b64encode(random.Random(seed).randbytes(512)).decode()
+    long_video, huge_video, soundtrack = ten_hour_video(), huge_frame_video(), audio_only_mp4()
 
     def base(i: int) -> dict[str, object]:
         return {
@@ -177,6 +187,18 @@ def broken_posts(count: int, seed: int = 11, max_text_chars: int = 20_000) -> li
                 {**base(i), "text": "spam " * (max_text_chars // 5 + 10)}
             ).encode(),
         ),
+        (
+            DeadLetterReason.MEDIA_TOO_LONG,
+            lambda i: json.dumps({**base(i), "media": [_inline("video", long_video)]}).encode(),
+        ),
+        (
+            DeadLetterReason.FRAME_TOO_LARGE,
+            lambda i: json.dumps({**base(i), "media": [_inline("video", huge_video)]}).encode(),
+        ),
+        (
+            DeadLetterReason.NO_VIDEO_STREAM,
+            lambda i: json.dumps({**base(i), "media": [_inline("video", soundtrack)]}).encode(),
+        ),
     ]
     out = []
     for i in range(count):
@@ -187,8 +209,41 @@ def broken_posts(count: int, seed: int = 11, max_text_chars: int = 20_000) -> li
     return out
 
 
-def mixed_stream(valid: int, broken: int, seed: int = 7) -> list[SamplePost]:
-    """Valid and broken posts shuffled together deterministically."""
-    posts = valid_posts(valid, seed) + broken_posts(broken, seed + 1)
+def _inline(kind: str, data: bytes) -> dict[str, str]:
+    return {"kind": kind, "data_b64": base64.b64encode(data).decode()}
+
+
+def av_posts(count: int, seed: int = 13, start_ms: int = 1_764_000_000_000) -> list[SamplePost]:
+    """``count`` valid posts with short videos (some with a sound track) or audio clips."""
+    rng = random.Random(seed)
+    kinds = ["mp4", "webm", "wav", "mp3", "ogg", "flac", "m4a"]
+    out = []
+    for i in range(count):
+        kind = kinds[i % len(kinds)]
+        seconds = 1.0 + rng.random()
+        if kind in VIDEO_FORMATS:
+            sound = tone(seconds, freq=rng.choice([220.0, 440.0])) if i % 2 == 0 else None
+            media = _inline(
+                "video", make_video(kind, seconds, fps=8, size=(160, 120), audio=sound, seed=i)
+            )
+        else:
+            media = _inline(
+                "audio", make_audio(kind, tone(seconds, freq=rng.choice([330.0, 660.0])))
+            )
+        doc = {
+            "post_id": f"av-{seed}-{i:05d}",
+            "platform": rng.choice(_PLATFORMS),
+            "author_id": f"user-{rng.randint(1, 200)}",
+            "created_at": start_ms + i * 90_000,
+            "text": "" if i % 3 else f"listen to this ({i})",
+            "media": [media],
+        }
+        out.append(SamplePost(json.dumps(doc).encode(), str(doc["post_id"]), None))
+    return out
+
+
+def mixed_stream(valid: int, broken: int, seed: int = 7, av: int = 0) -> list[SamplePost]:
+    """Valid (``av`` of them with video/audio) and broken posts, shuffled deterministically."""
+    posts = valid_posts(valid - av, seed) + av_posts(av, seed + 2) + broken_posts(broken, seed + 1)
     random.Random(seed).shuffle(posts)
     return posts

@@ -174,8 +174,8 @@ def test_rgba_and_grayscale_become_rgb() -> None:
 
 
 def test_sample_generators_cover_the_reasons() -> None:
-    broken = broken_posts(12)
-    assert len({b.expected_reason for b in broken}) == 6
+    broken = broken_posts(18)
+    assert len({b.expected_reason for b in broken}) == 9
     for sample in broken:
         result = VALIDATOR(env(sample.value))
         if isinstance(result, ValidatedPost):
