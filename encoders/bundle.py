@@ -147,11 +147,15 @@ def write_default_bundle(
         modalities = list(entries)
         tools: dict[str, dict[str, Any]] = {}
         if include_tools:
+            from encoders.audio import write_vad_assets
             from encoders.ocr import write_ocr_assets
             from encoders.speech import write_whisper_assets
 
-            progress("copying OCR models (PP-OCRv4) and speech to text (Whisper tiny.en)")
+            progress(
+                "copying OCR (PP-OCRv4), voice activity (silero-vad), speech to text (Whisper)"
+            )
             tools["ocr"] = write_ocr_assets(staging / "ocr")
+            tools["vad"] = write_vad_assets(staging / "vad")
             tools["stt"] = write_whisper_assets(staging / "stt")
         fusion = FusionEntry(
             strategy="baseline-early-concat",

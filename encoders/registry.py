@@ -94,4 +94,4 @@ DEFAULT_ENCODERS: dict[str, str] = {
 
 def _load_builtin_encoders() -> None:
     # Importing the modules runs their register_encoder() calls.
-    from encoders import audio, image, text, video  # noqa: F401
+    from encoders import audio, image, text, video, whisper  # noqa: F401

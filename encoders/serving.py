@@ -11,13 +11,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from encoders.audio import SpeechEmbeddingEncoder
+from encoders.audio import SpeechEmbeddingEncoder, VoiceActivityDetector
 from encoders.bundle import BundleError, Manifest, load_manifest
 from encoders.image import ImageEncoder
 from encoders.ocr import ImageTextReader
 from encoders.speech import SpeechTranscriber
 from encoders.text import TextEncoder
 from encoders.video import VideoTemporalEncoder
+from encoders.whisper import WhisperAudioEncoder
+
+AUDIO_ENCODERS: dict[str, type[SpeechEmbeddingEncoder] | type[WhisperAudioEncoder]] = {
+    "speech-embedding": SpeechEmbeddingEncoder,
+    "whisper-tiny.en-encoder": WhisperAudioEncoder,
+}
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +74,12 @@ class ServedBundle:
 
         self.text = TextEncoder(*meta("text"), device, intra_op_threads)
         self.image = ImageEncoder(*meta("image"), device, intra_op_threads)
-        self.audio: SpeechEmbeddingEncoder | None = (
-            SpeechEmbeddingEncoder(*meta("audio"), device, intra_op_threads)
-            if "audio" in enc
-            else None
-        )
+        self.audio: SpeechEmbeddingEncoder | WhisperAudioEncoder | None = None
+        if "audio" in enc:
+            audio_class = AUDIO_ENCODERS.get(enc["audio"].name)
+            if audio_class is None:
+                raise BundleError(f"no runtime for audio encoder {enc['audio'].name!r}")
+            self.audio = audio_class(*meta("audio"), device, intra_op_threads)
         self.video: VideoTemporalEncoder | None = (
             VideoTemporalEncoder(*meta("video"), device, intra_op_threads)
             if "video" in enc
@@ -83,6 +90,9 @@ class ServedBundle:
         self.ocr: ImageTextReader | None = None
         if ocr and "ocr" in tools:
             self.ocr = ImageTextReader(path / "ocr", use_cuda=use_cuda)
+        self.vad: VoiceActivityDetector | None = None
+        if "vad" in tools:
+            self.vad = VoiceActivityDetector(path / tools["vad"]["file"], intra_op_threads)
         self.stt: SpeechTranscriber | None = None
         if stt and "stt" in tools:
             self.stt = SpeechTranscriber(path / tools["stt"]["folder"], use_cuda, stt_beam_size)

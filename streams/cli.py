@@ -197,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export the default encoders into a checked model bundle")
     p.add_argument("--out", default="models/default")
+    p.add_argument(
+        "--audio-encoder",
+        default="speech-embedding",
+        choices=["speech-embedding", "whisper-tiny.en-encoder"],
+        help="audio embedding: Google speech_embedding (96-d, cheap) or Whisper tiny.en's "
+        "encoder (384-d, converted from CTranslate2 and parity-checked)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("produce", help="publish posts from a JSONL file")

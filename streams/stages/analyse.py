@@ -244,7 +244,7 @@ class PostAnalyser:
             np.add.at(parts["audio"], [i for i, _ in clips], embedded)
             parts["audio"] = l2_normalize(parts["audio"])
             presence[sorted({i for i, _ in clips}), modalities.index("audio")] = 1.0
-            ratios = [bundle.audio.speech_ratio(clip) for _, clip in clips]
+            ratios = [bundle.vad.speech_ratio(clip) if bundle.vad else 1.0 for _, clip in clips]
             for (i, _), ratio in zip(clips, ratios, strict=True):
                 speech[i] = max(speech.get(i, 0.0), ratio)
         timer.encoders["audio"] = time.perf_counter() - start

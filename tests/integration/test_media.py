@@ -138,8 +138,10 @@ def test_speech_embeddings_and_vad(served_bundle: ServedBundle) -> None:
     speech16 = decode_audio(make_audio("wav", speech, rate=rate), LIMITS).samples
     sine = decode_audio(make_audio("wav", tone(3.0, freq=440.0)), LIMITS).samples
     noise = (np.random.default_rng(1).normal(size=48_000) * 0.05).astype(np.float32)
-    assert audio.speech_ratio(speech16) > 0.4
-    assert audio.speech_ratio(sine) < 0.1 and audio.speech_ratio(noise) < 0.1
+    vad = served_bundle.vad
+    assert vad is not None
+    assert vad.speech_ratio(speech16) > 0.4
+    assert vad.speech_ratio(sine) < 0.1 and vad.speech_ratio(noise) < 0.1
     emb = audio.encode([speech16, speech16[:32_000], sine])
     assert emb.shape == (3, 96) and np.all(np.isfinite(emb))
 
@@ -163,3 +165,35 @@ def test_log_mel_matches_whisper_feature_extractor() -> None:
     np.testing.assert_allclose(ours, expected, atol=2e-3)
     coefficients = mfcc(samples)
     assert coefficients.shape == (20, ours.shape[1]) and np.all(np.isfinite(coefficients))
+
+
+def test_whisper_encoder_conversion_matches_ctranslate2_and_exports(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import ctranslate2
+
+    from encoders.whisper import WhisperAudioEncoder, _whisper_dir, whisper_inputs
+
+    spec = get_encoder_spec("whisper-tiny.en-encoder")
+    assert spec.build_module is not None
+    module = spec.build_module()
+    samples, rate = speak("Postpulse turns speech into vectors.")
+    clip = decode_audio(make_audio("wav", samples, rate=rate), LIMITS).samples
+    feed = whisper_inputs([clip, tone(2.0, rate=16_000)])
+    # the converted PyTorch encoder computes what CTranslate2 computes from the same weights
+    reference = ctranslate2.models.Whisper(
+        str(_whisper_dir()), device="cpu", compute_type="float32"
+    )
+    expected = np.asarray(
+        reference.encode(ctranslate2.StorageView.from_array(feed["input_features"]))
+    )
+    with torch.no_grad():
+        hidden = module.inner(torch.from_numpy(feed["input_features"])).last_hidden_state.numpy()
+    assert np.abs(hidden - expected).max() <= 1e-3
+    # and the exported ONNX file computes what the PyTorch module computes
+    export_module(module, spec, tmp_path / "model.onnx")
+    report = check_parity(module, spec, tmp_path / "model.onnx")
+    assert report.max_abs_diff["audio_embedding"] <= 1e-4
+    runtime = WhisperAudioEncoder(tmp_path, {"dim": 384, "file": "model.onnx"}, device="cpu")
+    emb = runtime.encode([clip, clip[: len(clip) // 2], tone(2.0, rate=16_000)])
+    assert emb.shape == (3, 384)
+    cosine = emb @ emb.T / np.outer(np.linalg.norm(emb, axis=1), np.linalg.norm(emb, axis=1))
+    assert cosine[0, 1] > cosine[0, 2]
