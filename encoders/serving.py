@@ -6,6 +6,7 @@ Torch-free: this is what the stream worker and the query CLI import.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from encoders.audio import SpeechEmbeddingEncoder, VoiceActivityDetector
 from encoders.bundle import BundleError, Manifest, load_manifest
 from encoders.image import ImageEncoder
 from encoders.ocr import ImageTextReader
+from encoders.runtime import OnnxModel
 from encoders.speech import SpeechTranscriber
 from encoders.text import TextEncoder
 from encoders.video import VideoTemporalEncoder
@@ -46,6 +48,16 @@ def early_fusion_baseline(parts: list[np.ndarray], presence: np.ndarray) -> np.n
     return l2_normalize(np.concatenate([*normalised, presence.astype(np.float32)], axis=1))
 
 
+@dataclass
+class FusionOutput:
+    """What fusion produced for a batch; heads are ``None`` for the untrained baseline."""
+
+    embedding: np.ndarray
+    category_probs: np.ndarray | None = None
+    sentiment_probs: np.ndarray | None = None
+    popularity: np.ndarray | None = None
+
+
 class ServedBundle:
     """Encoders and fusion of one bundle, ready to run."""
 
@@ -60,8 +72,9 @@ class ServedBundle:
     ) -> None:
         self.path = path
         self.manifest: Manifest = load_manifest(path)
-        if self.manifest.fusion.strategy != "baseline-early-concat":
-            raise BundleError(f"fusion strategy {self.manifest.fusion.strategy!r} is not supported")
+        fusion = self.manifest.fusion
+        if not fusion.trained and fusion.strategy != "baseline-early-concat":
+            raise BundleError(f"fusion strategy {fusion.strategy!r} is not supported")
         enc = self.manifest.encoders
         missing = {"text", "image"} - set(enc)
         if missing:
@@ -98,8 +111,31 @@ class ServedBundle:
             self.stt = SpeechTranscriber(path / tools["stt"]["folder"], use_cuda, stt_beam_size)
         self.modalities: list[str] = list(self.manifest.fusion.modalities)
         self.dim = self.manifest.fusion.dim
+        self.category_labels: list[str] = list(self.manifest.labels.get("category", []))
+        self.sentiment_labels: list[str] = list(self.manifest.labels.get("sentiment", []))
+        self.fusion_model: OnnxModel | None = None
+        if fusion.trained:
+            if fusion.file is None:
+                raise BundleError(f"bundle {path}: trained fusion without a model file")
+            self.fusion_model = OnnxModel(path / fusion.file, device, intra_op_threads)
         self.version = self.manifest.bundle_version
         self.provider = self.text.model.provider
+
+    def fusion_heads(self, embeddings: dict[str, np.ndarray], presence: np.ndarray) -> FusionOutput:
+        """The post embedding and, with a trained fusion model, its head outputs."""
+        if self.fusion_model is None:
+            return FusionOutput(self.fuse(embeddings, presence))
+        feed = {m: embeddings[m].astype(np.float32) for m in self.modalities}
+        feed["presence"] = presence.astype(np.float32)
+        outputs = dict(
+            zip(self.fusion_model.output_names, self.fusion_model.run(feed), strict=True)
+        )
+        return FusionOutput(
+            embedding=outputs["post_embedding"],
+            category_probs=outputs["category_probs"],
+            sentiment_probs=outputs["sentiment_probs"],
+            popularity=outputs["popularity"].reshape(-1),
+        )
 
     def fuse(self, embeddings: dict[str, np.ndarray], presence: np.ndarray) -> np.ndarray:
         """Post embeddings from per-modality embeddings (in manifest order) and the mask."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -155,6 +156,48 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_synth(args: argparse.Namespace) -> int:
+    from encoders.training.synth import generate, write_jsonl
+
+    posts = generate(args.posts, seed=args.seed, imbalance=args.imbalance)
+    path = write_jsonl(posts, Path(args.out))
+    print(f"wrote {len(posts)} synthetic posts to {path}")
+    return 0
+
+
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    from encoders.training.run import build_dataset
+
+    card = build_dataset(
+        [Path(p) for p in args.input], Path(args.out), Path(args.bundle), args.seed
+    )
+    print(
+        json.dumps(
+            {k: card[k] for k in ("posts", "skipped", "deduplicated", "splits", "category")},
+            indent=2,
+        )
+    )
+    print(f"embeddings and data card written to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from encoders.training.run import run_training
+    from encoders.training.train import TrainConfig
+
+    config = TrainConfig.from_yaml(Path(args.config) if args.config else None, args.set)
+    result = run_training(config, compare=not args.no_compare)
+    m = result["metrics"]
+    print(
+        f"category macro-F1 {m['macro_f1']:.3f} (with modalities missing {m['macro_f1_missing']:.3f}), "
+        f"sentiment macro-F1 {m['sentiment_macro_f1']:.3f}, popularity Spearman {m.get('popularity_spearman', float('nan')):.3f}"
+    )
+    for name, values in result["comparisons"].items():
+        print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+    print(f"bundle {result['bundle_version']} -> {result['bundle']}; report {result['report']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -205,6 +248,33 @@ def build_parser() -> argparse.ArgumentParser:
         "encoder (384-d, converted from CTranslate2 and parity-checked)",
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("dataset", help="build training data sets")
+    dsub = p.add_subparsers(dest="dataset_command", required=True)
+    q = dsub.add_parser("synth", help="generate synthetic multimodal posts with known labels")
+    q.add_argument("--out", default="data/synth/posts.jsonl")
+    q.add_argument("--posts", type=int, default=1200)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--imbalance", type=float, help="first class this many times the last (e.g. 100)"
+    )
+    q.set_defaults(func=cmd_dataset_synth)
+    q = dsub.add_parser("build", help="import, deduplicate, split and embed posts")
+    q.add_argument(
+        "--input", action="append", required=True, help="JSONL, CSV or Parquet (repeatable)"
+    )
+    q.add_argument("--out", default="data/dataset")
+    q.add_argument("--bundle", default="models/default")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_dataset_build)
+
+    p = sub.add_parser("train", help="train the fusion model and export a bundle")
+    p.add_argument("--config", help="YAML config (see encoders/training/train.py: TrainConfig)")
+    p.add_argument("--set", action="append", default=[], help="override, key=value (repeatable)")
+    p.add_argument(
+        "--no-compare", action="store_true", help="skip the strategy/modality comparisons"
+    )
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("produce", help="publish posts from a JSONL file")
     _add_common(p)

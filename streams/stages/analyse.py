@@ -61,6 +61,18 @@ class AnalysedPost:
 
 
 @dataclass
+class EmbeddedBatch:
+    """Modality embeddings of a batch, before fusion."""
+
+    parts: dict[str, np.ndarray]
+    presence: np.ndarray
+    texts: list[str]
+    transcripts: dict[int, str]
+    ocr_texts: dict[int, str]
+    speech: dict[int, float]
+
+
+@dataclass
 class StageTimer:
     """Seconds per stage and encoder for one batch (fed to the metrics)."""
 
@@ -105,10 +117,9 @@ class PostAnalyser:
         self.category_vectors = bundle.text.encode(prompts)
         self.vader = SentimentIntensityAnalyzer()
 
-    def __call__(self, batch: list[DecodedPost], timer: StageTimer) -> list[AnalysedPost]:
-        """Analyse a batch: each encoder runs once over all the batch's items."""
-        if not batch:
-            return []
+    def embed(self, batch: list[DecodedPost], timer: StageTimer) -> EmbeddedBatch:
+        """Per-modality embeddings and the presence mask of a batch (also what the
+        training embedding cache stores, so training never drifts from serving)."""
         n = len(batch)
         bundle = self.bundle
         modalities = bundle.modalities
@@ -130,13 +141,28 @@ class PostAnalyser:
             presence[text_idx, modalities.index("text")] = 1.0
         timer.encoders["text"] = time.perf_counter() - start
         timer.encoder_items["text"] = len(text_idx)
+        return EmbeddedBatch(parts, presence, texts, transcripts, ocr_texts, speech)
+
+    def __call__(self, batch: list[DecodedPost], timer: StageTimer) -> list[AnalysedPost]:
+        """Analyse a batch: each encoder runs once over all the batch's items."""
+        if not batch:
+            return []
+        bundle = self.bundle
+        modalities = bundle.modalities
+        e = self.embed(batch, timer)
+        presence = e.presence
 
         start = time.perf_counter()
-        fused = bundle.fuse(parts, presence)
-        logits = (parts["text"] @ self.category_vectors.T) / CATEGORY_TEMPERATURE
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
+        heads = bundle.fusion_heads(e.parts, presence)
+        fused = heads.embedding
+        if heads.category_probs is not None:
+            categories, probs = bundle.category_labels, heads.category_probs
+        else:
+            logits = (e.parts["text"] @ self.category_vectors.T) / CATEGORY_TEMPERATURE
+            logits -= logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            probs /= probs.sum(axis=1, keepdims=True)
+            categories = self.categories
         timer.stages["fuse"] = time.perf_counter() - start
 
         now_ms = int(self.clock() * 1000)
@@ -144,13 +170,30 @@ class PostAnalyser:
         for i, decoded in enumerate(batch):
             post = decoded.validated.post
             has_text = presence[i, modalities.index("text")] > 0
+            decided = has_text or heads.category_probs is not None
             category_probs = (
-                {c: round(float(p), 5) for c, p in zip(self.categories, probs[i], strict=True)}
-                if has_text
+                {c: round(float(p), 5) for c, p in zip(categories, probs[i], strict=True)}
+                if decided
                 else {}
             )
-            category = max(category_probs, key=category_probs.__getitem__) if has_text else None
-            compound = self.vader.polarity_scores(texts[i])["compound"] if has_text else 0.0
+            category = max(category_probs, key=category_probs.__getitem__) if decided else None
+            if heads.sentiment_probs is not None:
+                k = int(np.argmax(heads.sentiment_probs[i]))
+                sentiment = bundle.sentiment_labels[k]
+                sentiment_score = float(
+                    heads.sentiment_probs[i][bundle.sentiment_labels.index("positive")]
+                    - heads.sentiment_probs[i][bundle.sentiment_labels.index("negative")]
+                )
+            else:
+                sentiment_score = (
+                    self.vader.polarity_scores(e.texts[i])["compound"] if has_text else 0.0
+                )
+                sentiment = sentiment_label(sentiment_score)
+            popularity = (
+                float(heads.popularity[i])
+                if heads.popularity is not None
+                else popularity_score(post.engagement)
+            )
             sent_ts = decoded.validated.envelope.timestamp_ms
             mask = sum(1 << j for j in range(len(modalities)) if presence[i, j] > 0)
             analysis = Analysis(
@@ -160,14 +203,14 @@ class PostAnalyser:
                 created_at_ms=post.created_at_ms,
                 modalities=[m for j, m in enumerate(modalities) if presence[i, j] > 0],
                 skipped_media=decoded.skipped_media,
-                speech_ratio=round(speech[i], 4) if i in speech else None,
-                transcript=transcripts.get(i) or None,
-                ocr_text=ocr_texts.get(i) or None,
+                speech_ratio=round(e.speech[i], 4) if i in e.speech else None,
+                transcript=e.transcripts.get(i) or None,
+                ocr_text=e.ocr_texts.get(i) or None,
                 category=category,
                 category_probs=category_probs,
-                sentiment=sentiment_label(compound),  # type: ignore[arg-type]
-                sentiment_score=float(compound),
-                popularity=popularity_score(post.engagement),
+                sentiment=sentiment,  # type: ignore[arg-type]
+                sentiment_score=float(sentiment_score),
+                popularity=popularity,
                 topic=category,
                 bundle_version=bundle.version,
                 fusion=bundle.manifest.fusion.strategy,

@@ -1,0 +1,276 @@
+"""Data sets: import posts (JSONL/CSV/Parquet), deduplicate, split, describe, and cache
+their modality embeddings computed by the same code the worker runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from encoders.bundle import Manifest
+from encoders.serving import ServedBundle
+from encoders.text import normalize_text
+from streams.records import DeadLetter, Envelope
+from streams.settings import Settings
+from streams.stages.analyse import StageTimer, popularity_score, sentiment_label
+from streams.stages.decode import DecodedPost
+from streams.stages.validate import ValidatedPost
+
+SENTIMENTS = ["negative", "neutral", "positive"]
+_URL = re.compile(r"https?://\S+")
+_MENTION = re.compile(r"@\w+")
+
+
+def read_posts(path: Path) -> list[dict[str, Any]]:
+    """Posts from a JSONL, CSV or Parquet file (CSV/Parquet: nested fields as JSON text)."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        with path.open() as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{path}: unsupported format (use .jsonl, .csv or .parquet)")
+    import pandas as pd
+
+    frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    rows = []
+    for record in frame.to_dict(orient="records"):
+        row: dict[str, Any] = {}
+        for key, value in record.items():
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                continue
+            if key in ("media", "engagement", "labels") and isinstance(value, str):
+                value = json.loads(value)
+            if key == "created_at" and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            row[str(key)] = value
+        rows.append(row)
+    return rows
+
+
+def dedup_key(text: str) -> str:
+    """Near-identical texts share a key: normalised, URLs/mentions dropped, case and
+    punctuation folded."""
+    folded = _MENTION.sub("", _URL.sub("", normalize_text(text).lower()))
+    folded = re.sub(r"[^\w#]+", " ", folded).strip()
+    return hashlib.sha1(folded.encode()).hexdigest()
+
+
+def deduplicate(posts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Drop repeated post ids and near-identical texts of text-only posts."""
+    seen_ids: set[str] = set()
+    seen_text: set[str] = set()
+    kept, dropped = [], Counter[str]()
+    for post in posts:
+        post_id = str(post.get("post_id"))
+        if post_id in seen_ids:
+            dropped["duplicate_id"] += 1
+            continue
+        seen_ids.add(post_id)
+        text = str(post.get("text") or "")
+        if text.strip() and not post.get("media"):
+            key = dedup_key(text)
+            if key in seen_text:
+                dropped["near_identical_text"] += 1
+                continue
+            seen_text.add(key)
+        kept.append(post)
+    return kept, dict(dropped)
+
+
+def split(
+    labels: list[str], seed: int = 0, fractions: tuple[float, float] = (0.7, 0.15)
+) -> np.ndarray:
+    """Stratified train/validation/test assignment (0/1/2) per item."""
+    rng = random.Random(seed)
+    out = np.zeros(len(labels), dtype=np.int8)
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    for items in by_label.values():
+        rng.shuffle(items)
+        n_train = round(len(items) * fractions[0])
+        n_val = round(len(items) * fractions[1])
+        for k, i in enumerate(items):
+            out[i] = 0 if k < n_train else 1 if k < n_train + n_val else 2
+    return out
+
+
+@dataclass
+class EmbeddingCache:
+    """Modality embeddings and targets of a data set, aligned by row."""
+
+    post_ids: np.ndarray
+    parts: dict[str, np.ndarray]
+    presence: np.ndarray
+    modalities: list[str]
+    category: np.ndarray
+    sentiment: np.ndarray
+    popularity: np.ndarray
+    created_at: np.ndarray
+    split: np.ndarray
+    encoders_key: str
+    extra: dict[str, np.ndarray]
+
+    def save(self, path: Path) -> Path:
+        """Write one ``.npz``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, Any] = {f"part_{m}": v for m, v in self.parts.items()}
+        arrays |= {f"extra_{k}": v for k, v in self.extra.items()}
+        arrays |= {
+            "post_ids": self.post_ids,
+            "presence": self.presence,
+            "modalities": np.array(self.modalities),
+            "category": self.category,
+            "sentiment": self.sentiment,
+            "popularity": self.popularity,
+            "created_at": self.created_at,
+            "split": self.split,
+            "encoders_key": np.array(self.encoders_key),
+        }
+        np.savez_compressed(path, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> EmbeddingCache:
+        """Read a cache written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            modalities = [str(m) for m in data["modalities"]]
+            return cls(
+                post_ids=data["post_ids"],
+                parts={m: data[f"part_{m}"] for m in modalities},
+                presence=data["presence"],
+                modalities=modalities,
+                category=data["category"],
+                sentiment=data["sentiment"],
+                popularity=data["popularity"],
+                created_at=data["created_at"],
+                split=data["split"],
+                encoders_key=str(data["encoders_key"]),
+                extra={k[len("extra_") :]: data[k] for k in data.files if k.startswith("extra_")},
+            )
+
+
+def encoders_key(manifest: Manifest) -> str:
+    """Identifies the encoders (names, versions, file hashes): a cache is valid only for them."""
+    entries = {
+        m: (e.name, e.version, manifest.files.get(e.file, "")) for m, e in manifest.encoders.items()
+    }
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_cache(
+    posts: list[dict[str, Any]],
+    bundle: ServedBundle,
+    settings: Settings | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[EmbeddingCache, dict[str, Any]]:
+    """Embed every post with the served encoders; returns the cache and a data card.
+
+    Posts that the worker would dead-letter are skipped and counted by reason. Missing
+    sentiment labels are weak labels from VADER on the post's (composed) text.
+    """
+    from streams.pipeline import PostPipeline
+
+    pipeline = PostPipeline(settings or Settings(), bundle)
+    skipped: Counter[str] = Counter()
+    parts: dict[str, list[np.ndarray]] = {m: [] for m in bundle.modalities}
+    presence, texts = [], []
+    decoded_posts: list[DecodedPost] = []
+    for start in tqdm(
+        range(0, len(posts), batch_size), desc="embed", unit="batch", disable=not progress
+    ):
+        chunk = posts[start : start + batch_size]
+        envelopes = [Envelope(value=json.dumps(p).encode()) for p in chunk]
+        valid: list[ValidatedPost] = []
+        for env in envelopes:
+            checked = pipeline.validator(env)
+            if isinstance(checked, DeadLetter):
+                skipped[checked.reason.value] += 1
+            else:
+                valid.append(checked)
+        fetched = pipeline.decoder.prefetch(valid)
+        batch: list[DecodedPost] = []
+        for index, item in enumerate(valid):
+            decoded = pipeline.decoder(item, fetched, index)
+            if isinstance(decoded, DeadLetter):
+                skipped[decoded.reason.value] += 1
+            else:
+                batch.append(decoded)
+        if not batch:
+            continue
+        embedded = pipeline.analyser.embed(batch, StageTimer())
+        for m in bundle.modalities:
+            parts[m].append(embedded.parts[m])
+        presence.append(embedded.presence)
+        texts += embedded.texts
+        decoded_posts += batch
+    if not decoded_posts:
+        raise ValueError("no post in the data set could be embedded")
+    vader = pipeline.analyser.vader
+    categories, sentiments, popularity, created, ids = [], [], [], [], []
+    for decoded, text in zip(decoded_posts, texts, strict=True):
+        post = decoded.validated.post
+        labels = post.labels or {}
+        categories.append(str(labels.get("category", "unknown")))
+        given = labels.get("sentiment")
+        sentiments.append(
+            str(given)
+            if given in SENTIMENTS
+            else sentiment_label(vader.polarity_scores(text)["compound"])
+        )
+        pop = popularity_score(post.engagement)
+        popularity.append(np.nan if pop is None else pop)
+        created.append(post.created_at_ms)
+        ids.append(post.post_id)
+    cache = EmbeddingCache(
+        post_ids=np.array(ids),
+        parts={m: np.concatenate(v) for m, v in parts.items()},
+        presence=np.concatenate(presence),
+        modalities=list(bundle.modalities),
+        category=np.array(categories),
+        sentiment=np.array(sentiments),
+        popularity=np.array(popularity, dtype=np.float32),
+        created_at=np.array(created, dtype=np.int64),
+        split=split(categories, seed),
+        encoders_key=encoders_key(bundle.manifest),
+        extra={},
+    )
+    return cache, data_card(cache, dict(skipped))
+
+
+def data_card(cache: EmbeddingCache, skipped: dict[str, int]) -> dict[str, Any]:
+    """Counts per label, per modality and per split; missing-modality rates."""
+    n = len(cache.post_ids)
+    present = cache.presence.astype(bool)
+    patterns = Counter(
+        "+".join(m for m, p in zip(cache.modalities, row, strict=True) if p) or "none"
+        for row in present
+    )
+    return {
+        "posts": n,
+        "skipped": skipped,
+        "splits": {
+            name: int((cache.split == k).sum())
+            for k, name in enumerate(["train", "validation", "test"])
+        },
+        "category": dict(Counter(cache.category.tolist())),
+        "sentiment": dict(Counter(cache.sentiment.tolist())),
+        "modality_present": {m: int(present[:, j].sum()) for j, m in enumerate(cache.modalities)},
+        "modality_missing_rate": {
+            m: round(1 - float(present[:, j].mean()), 4) for j, m in enumerate(cache.modalities)
+        },
+        "modality_patterns": dict(patterns.most_common()),
+        "popularity_known": int(np.isfinite(cache.popularity).sum()),
+        "encoders_key": cache.encoders_key,
+    }

@@ -1,0 +1,142 @@
+"""The fusion model: early, intermediate or late fusion of modality embeddings, with a
+presence mask, modality dropout, and heads for category, sentiment and popularity plus
+a normalised post embedding for similarity search."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+STRATEGIES = ("early", "intermediate", "late")
+
+
+class FusionModel(nn.Module):
+    """Inputs: one ``(batch, dim_m)`` tensor per modality and a ``(batch, M)`` presence
+    mask. ``forward`` returns (post_embedding, category_probs, sentiment_probs,
+    popularity) — the exported serving signature; ``logits`` is used for training."""
+
+    def __init__(
+        self,
+        dims: dict[str, int],
+        n_categories: int,
+        n_sentiments: int = 3,
+        strategy: str = "intermediate",
+        hidden: int = 256,
+        embed_dim: int = 128,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+        self.modalities = list(dims)
+        self.strategy = strategy
+        m = len(dims)
+        if strategy == "early":
+            self.trunk = nn.Sequential(
+                nn.Linear(sum(dims.values()) + m, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, hidden),
+                nn.GELU(),
+            )
+        else:
+            self.project = nn.ModuleDict(
+                {
+                    k: nn.Sequential(
+                        nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), nn.LayerNorm(hidden)
+                    )
+                    for k, d in dims.items()
+                }
+            )
+            self.gate = nn.Linear(hidden, 1)
+            self.trunk = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU())
+        if strategy == "late":
+            self.modality_heads = nn.ModuleDict({k: nn.Linear(hidden, n_categories) for k in dims})
+            self.modality_weight = nn.Parameter(torch.zeros(m))
+        self.category_head = nn.Linear(hidden, n_categories)
+        self.sentiment_head = nn.Linear(hidden, n_sentiments)
+        self.popularity_head = nn.Sequential(nn.Linear(hidden, 64), nn.GELU(), nn.Linear(64, 1))
+        self.embedding_head = nn.Linear(hidden, embed_dim)
+
+    def _masked(self, parts: list[torch.Tensor], presence: torch.Tensor) -> list[torch.Tensor]:
+        return [p * presence[:, i : i + 1] for i, p in enumerate(parts)]
+
+    def logits(self, parts: list[torch.Tensor], presence: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw head outputs and the fused hidden state."""
+        parts = self._masked(parts, presence)
+        valid = presence > 0
+        if self.strategy == "early":
+            h = self.trunk(torch.cat([*parts, presence], dim=1))
+            category = self.category_head(h)
+        else:
+            projected = torch.stack(
+                [self.project[k](x) for k, x in zip(self.modalities, parts, strict=True)], dim=1
+            )
+            if self.strategy == "intermediate":
+                scores = self.gate(torch.tanh(projected)).squeeze(-1)
+            else:
+                scores = self.modality_weight.unsqueeze(0).expand(presence.shape[0], -1)
+            scores = scores.masked_fill(~valid, -1e9)
+            weights = torch.softmax(scores, dim=1) * valid.to(scores.dtype)
+            weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
+            h = self.trunk((weights.unsqueeze(-1) * projected).sum(dim=1))
+            if self.strategy == "late":
+                per_modality = torch.stack(
+                    [
+                        self.modality_heads[k](projected[:, i])
+                        for i, k in enumerate(self.modalities)
+                    ],
+                    dim=1,
+                )
+                category = (weights.unsqueeze(-1) * per_modality).sum(dim=1)
+            else:
+                category = self.category_head(h)
+        return {
+            "hidden": h,
+            "category": category,
+            "sentiment": self.sentiment_head(h),
+            "popularity": self.popularity_head(h).squeeze(-1),
+            "embedding": F.normalize(self.embedding_head(h), dim=-1),
+        }
+
+    def forward(
+        self, *inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        *parts, presence = inputs
+        out = self.logits(list(parts), presence)
+        return (
+            out["embedding"],
+            torch.softmax(out["category"], dim=-1),
+            torch.softmax(out["sentiment"], dim=-1),
+            out["popularity"].unsqueeze(-1),
+        )
+
+
+def modality_dropout(
+    presence: torch.Tensor, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Drop each present modality with probability ``p``, keeping at least one per row."""
+    if p <= 0:
+        return presence
+    keep = (torch.rand(presence.shape, generator=generator) >= p).to(presence.dtype) * presence
+    empty = keep.sum(dim=1) == 0
+    if empty.any():
+        # restore one random present modality in rows that lost all of them
+        scores = torch.rand(presence.shape, generator=generator) * presence
+        pick = F.one_hot(scores.argmax(dim=1), presence.shape[1]).to(presence.dtype)
+        keep[empty] = pick[empty]
+    return keep
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Focal loss (down-weights easy examples), optionally class-weighted."""
+    log_p = F.log_softmax(logits, dim=-1)
+    ce = F.nll_loss(log_p, target, weight=weight, reduction="none")
+    p_t = log_p.gather(1, target.unsqueeze(1)).squeeze(1).exp()
+    return ((1 - p_t) ** gamma * ce).mean()

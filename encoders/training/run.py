@@ -1,0 +1,111 @@
+"""``postpulse dataset`` and ``postpulse train``: the offline workflow end to end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from encoders.bundle import load_manifest
+from encoders.training.data import (
+    EmbeddingCache,
+    build_cache,
+    deduplicate,
+    encoders_key,
+    read_posts,
+)
+from encoders.training.report import write_report
+from encoders.training.train import TrainConfig, export_trained_bundle, train
+
+
+class CacheMismatchError(RuntimeError):
+    """The embedding cache was computed with other encoders than the bundle's."""
+
+
+def build_dataset(
+    inputs: list[Path], out: Path, bundle: Path, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    """Read, deduplicate, embed and split posts; writes ``embeddings.npz`` and ``data_card.json``."""
+    from encoders.serving import ServedBundle
+
+    posts: list[dict[str, Any]] = []
+    for path in inputs:
+        posts += read_posts(path)
+    kept, dropped = deduplicate(posts)
+    cache, card = build_cache(kept, ServedBundle(bundle), seed=seed, progress=progress)
+    card["deduplicated"] = dropped
+    card["inputs"] = [str(p) for p in inputs]
+    card["synthetic"] = any(bool((p.get("labels") or {}).get("synthetic")) for p in kept)
+    out.mkdir(parents=True, exist_ok=True)
+    cache.save(out / "embeddings.npz")
+    (out / "data_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def run_training(
+    config: TrainConfig, compare: bool = True, progress: bool = True
+) -> dict[str, Any]:
+    """Train the configured model, compare alternatives, export the bundle, write the report."""
+    cache = EmbeddingCache.load(Path(config.cache))
+    manifest = load_manifest(Path(config.bundle))
+    if cache.encoders_key != encoders_key(manifest):
+        raise CacheMismatchError(
+            f"{config.cache} was embedded with other encoders than {config.bundle}; rebuild it "
+            "with 'postpulse dataset build --bundle ...'"
+        )
+    modalities = [
+        m
+        for m in config.modalities
+        if m in cache.modalities and cache.presence[:, cache.modalities.index(m)].any()
+    ]
+    config = replace(config, modalities=modalities)
+    main = train(cache, config, progress=progress)
+    comparisons: dict[str, dict[str, float]] = {}
+    if compare:
+        quiet = {"progress": False}
+        comparisons["fusion_strategies"] = {
+            s: train(cache, replace(config, strategy=s), **quiet).metrics["macro_f1"]
+            for s in ("early", "intermediate", "late")
+        }
+        comparisons["single_modality"] = {
+            m: train(cache, replace(config, modalities=[m], modality_dropout=0.0), **quiet).metrics[
+                "macro_f1"
+            ]
+            for m in modalities
+        }
+        without = train(cache, replace(config, modality_dropout=0.0), **quiet).metrics
+        comparisons["missing_modalities"] = {
+            f"modality dropout {config.modality_dropout:g}, all present": main.metrics["macro_f1"],
+            f"modality dropout {config.modality_dropout:g}, {config.test_missing_rate:.0%} dropped": main.metrics[
+                "macro_f1_missing"
+            ],
+            "no modality dropout, all present": without["macro_f1"],
+            f"no modality dropout, {config.test_missing_rate:.0%} dropped": without[
+                "macro_f1_missing"
+            ],
+        }
+    out = Path(config.out)
+    card_path = Path(config.cache).with_name("data_card.json")
+    card = json.loads(card_path.read_text()) if card_path.is_file() else None
+    manifest_out = export_trained_bundle(
+        main, Path(config.bundle), out, {"comparisons": comparisons}
+    )
+    (out / "train_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    report = write_report(
+        out / "report",
+        {**main.metrics, "test_missing_rate": config.test_missing_rate},
+        main.labels,
+        comparisons,
+        card,
+        synthetic=bool(card and card.get("synthetic")),
+    )
+    return {
+        "bundle": str(out),
+        "bundle_version": manifest_out.bundle_version,
+        "report": str(report),
+        "metrics": main.metrics,
+        "comparisons": comparisons,
+    }

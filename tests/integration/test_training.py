@@ -1,0 +1,119 @@
+"""Train on synthetic multimodal posts end to end, check the evaluation, and serve the
+exported bundle with a real worker on the real broker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from encoders.bundle import load_manifest
+from encoders.serving import ServedBundle
+from encoders.training.run import CacheMismatchError, build_dataset, run_training
+from encoders.training.synth import generate, write_jsonl
+from encoders.training.train import TrainConfig
+from streams.broker import LocalBroker
+from streams.samples import SamplePost
+from streams.settings import Settings
+from tests.workers import milvus_ids, produce_all, reader, start_worker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("training")
+    started = time.monotonic()
+    posts = write_jsonl(generate(480, seed=5), root / "posts.jsonl")
+    card = build_dataset([posts], root / "dataset", bundle_path, progress=False)
+    config = TrainConfig(
+        cache=str(root / "dataset" / "embeddings.npz"),
+        bundle=str(bundle_path),
+        out=str(root / "bundle"),
+        epochs=30,
+    )
+    result = run_training(config, progress=False)
+    result["seconds"] = time.monotonic() - started
+    result["card"] = card
+    return result
+
+
+def test_fusion_beats_single_modalities_and_survives_missing_ones(
+    trained: dict[str, object],
+) -> None:
+    assert trained["seconds"] < 120, "a small model trains end to end in under 2 minutes on CPU"
+    comparisons = trained["comparisons"]
+    assert isinstance(comparisons, dict)
+    best_fusion = max(comparisons["fusion_strategies"].values())
+    best_single = max(comparisons["single_modality"].values())
+    assert best_fusion >= best_single + 0.10, comparisons
+    missing = comparisons["missing_modalities"]
+    assert len(missing) == 4  # with and without modality dropout, all present and 70% dropped
+    full = [v for k, v in missing.items() if "all present" in k]
+    dropped = [v for k, v in missing.items() if "dropped" in k]
+    assert max(dropped) < max(full)  # the degraded evaluation really removes evidence
+    metrics = trained["metrics"]
+    assert isinstance(metrics, dict)
+    assert metrics["popularity_spearman"] >= 0.6
+    report = Path(str(trained["report"])).read_text()
+    assert "Synthetic data" in report and "macro-F1" in report
+    assert (Path(str(trained["report"])).parent / "confusion.png").stat().st_size > 1000
+
+
+def test_cache_must_match_the_bundle(trained: dict[str, object], tmp_path: Path) -> None:
+    bundle = Path(str(trained["bundle"]))
+    manifest = load_manifest(bundle)
+    assert manifest.fusion.trained and manifest.fusion.file == "fusion/model.onnx"
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(bundle, other)
+    text = (
+        (other / "manifest.json")
+        .read_text()
+        .replace(manifest.encoders["text"].version, "some-other-text-model")
+    )
+    (other / "manifest.json").write_text(text)
+    config = TrainConfig(
+        cache=str(bundle.parent / "dataset" / "embeddings.npz"),
+        bundle=str(other),
+        out=str(tmp_path / "x"),
+    )
+    with pytest.raises(CacheMismatchError):
+        run_training(config, compare=False, progress=False)
+
+
+def test_worker_serves_the_trained_bundle(
+    trained: dict[str, object], broker: LocalBroker, settings_for, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    bundle = Path(str(trained["bundle"]))
+    served = ServedBundle(bundle, ocr=False, stt=False)
+    settings: Settings = settings_for(broker, prefix="trained", bundle_path=bundle)
+    posts = generate(40, seed=77)
+    samples = [
+        SamplePost(__import__("json").dumps(p.doc).encode(), str(p.doc["post_id"]), p.category)
+        for p in posts
+    ]
+    worker = start_worker(settings, tmp_path / "worker.log").start()
+    out = reader(broker, settings)
+    try:
+        worker.wait_ready()
+        produce_all(broker, settings, samples)
+        assert out.wait_for(lambda o: o.accounted >= len(samples), timeout_s=180)
+    finally:
+        out.close()
+        worker.stop()
+    analyses = out.outputs.analyses
+    assert len(analyses) == len(samples)
+    correct = 0
+    for sample in samples:
+        analysis = analyses[str(sample.post_id)]
+        assert analysis.bundle_version == served.version
+        assert analysis.fusion.startswith("trained-")
+        assert set(analysis.category_probs) == set(served.category_labels)
+        assert analysis.popularity is not None
+        correct += analysis.category == sample.topic
+    assert correct / len(samples) >= 0.7
+    count, _ids = milvus_ids(settings)
+    assert count == len(samples)

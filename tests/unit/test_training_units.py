@@ -1,0 +1,122 @@
+"""Training helpers: dedup, splits, config, modality dropout, focal loss, fusion shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.training.data import dedup_key, deduplicate, split
+from encoders.training.fusion import FusionModel, focal_loss, modality_dropout
+from encoders.training.train import TrainConfig
+
+
+def test_near_identical_texts_share_a_key() -> None:
+    assert dedup_key("Great GOAL!!! https://t.co/x @bob") == dedup_key("great goal")
+    assert dedup_key("great goal #football") != dedup_key("great goal")
+    posts = [
+        {"post_id": "a", "text": "Great goal!"},
+        {"post_id": "a", "text": "other"},
+        {"post_id": "b", "text": "great goal"},
+        {"post_id": "c", "text": "great goal", "media": [{"kind": "image", "uri": "x"}]},
+    ]
+    kept, dropped = deduplicate(posts)
+    assert [p["post_id"] for p in kept] == ["a", "c"]
+    assert dropped == {"duplicate_id": 1, "near_identical_text": 1}
+
+
+def test_split_is_stratified_and_reproducible() -> None:
+    labels = ["a"] * 100 + ["b"] * 20
+    s1, s2 = split(labels, seed=3), split(labels, seed=3)
+    assert (s1 == s2).all()
+    for label, n in (("a", 100), ("b", 20)):
+        rows = np.array([lab == label for lab in labels])
+        assert (s1[rows] == 0).sum() == round(n * 0.7)
+        assert (s1[rows] == 2).sum() == n - round(n * 0.7) - round(n * 0.15)
+
+
+def test_config_yaml_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("strategy: late\nepochs: 5\n")
+    config = TrainConfig.from_yaml(path, ["epochs=7", "modalities=[text, image]"])
+    assert (config.strategy, config.epochs, config.modalities) == ("late", 7, ["text", "image"])
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_yaml(None, ["epochz=3"])
+
+
+def test_modality_dropout_keeps_one_present_modality() -> None:
+    presence = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]] * 200, dtype=torch.float32)
+    dropped = modality_dropout(presence, 0.9, torch.Generator().manual_seed(0))
+    assert (dropped <= presence).all()
+    assert (dropped.sum(dim=1) >= 1).all()
+    assert dropped.sum() < presence.sum() * 0.5
+
+
+def test_focal_loss_down_weights_easy_examples() -> None:
+    logits = torch.tensor([[5.0, 0.0], [0.2, 0.0]])
+    target = torch.tensor([0, 0])
+    easy = focal_loss(logits[:1], target[:1])
+    hard = focal_loss(logits[1:], target[1:])
+    assert easy < hard * 0.01
+
+
+@pytest.mark.parametrize("strategy", ["early", "intermediate", "late"])
+def test_fusion_outputs(strategy: str) -> None:
+    dims = {"text": 8, "image": 6, "audio": 4, "video": 6}
+    model = FusionModel(dims, n_categories=5, strategy=strategy, hidden=16, embed_dim=12).eval()
+    parts = [torch.randn(3, d) for d in dims.values()]
+    presence = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 1]], dtype=torch.float32)
+    embedding, category, sentiment, popularity = model(*parts, presence)
+    assert embedding.shape == (3, 12) and torch.allclose(
+        embedding.norm(dim=1), torch.ones(3), atol=1e-5
+    )
+    assert torch.allclose(category.sum(dim=1), torch.ones(3)) and sentiment.shape == (3, 3)
+    assert popularity.shape == (3, 1)
+    # an absent modality's values do not matter
+    changed = [p.clone() for p in parts]
+    changed[2] = torch.randn(3, 4) * 100
+    assert torch.allclose(model(*changed, presence)[1][0], category[0], atol=1e-6)
+
+
+def test_posts_import_from_jsonl_csv_and_parquet(tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from encoders.training.data import read_posts
+
+    rows = [
+        {
+            "post_id": "p1",
+            "platform": "x",
+            "author_id": "u",
+            "created_at": 5,
+            "text": "hi",
+            "labels": {"category": "food"},
+            "media": [{"kind": "image", "uri": "a.png"}],
+        },
+        {
+            "post_id": "p2",
+            "platform": "x",
+            "author_id": "u",
+            "created_at": 1767225600000,
+            "text": "yo",
+        },
+    ]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    flat = [
+        {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in r.items()} for r in rows
+    ]
+    pd.DataFrame(flat).to_csv(tmp_path / "p.csv", index=False)
+    pd.DataFrame(flat).to_parquet(tmp_path / "p.parquet")
+    for name in ("p.jsonl", "p.csv", "p.parquet"):
+        got = read_posts(tmp_path / name)
+        assert [g["post_id"] for g in got] == ["p1", "p2"], name
+        assert got[0]["labels"] == {"category": "food"} and got[0]["media"][0]["kind"] == "image", (
+            name
+        )
+        assert got[0]["created_at"] == 5 and "media" not in got[1], name
+    with pytest.raises(ValueError, match="unsupported format"):
+        read_posts(tmp_path / "p.xlsx")
