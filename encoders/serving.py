@@ -152,7 +152,7 @@ class ServedBundle:
         presence[:, self.modalities.index("text")] = 1.0
         parts = {m: np.zeros((n, self.dim_of(m)), dtype=np.float32) for m in self.modalities}
         parts["text"] = self.text.encode(texts)
-        return self.fuse(parts, presence)
+        return self.fusion_heads(parts, presence).embedding
 
     def dim_of(self, modality: str) -> int:
         """Embedding size of one modality's encoder."""

@@ -58,6 +58,8 @@ class FusionModel(nn.Module):
         self.sentiment_head = nn.Linear(hidden, n_sentiments)
         self.popularity_head = nn.Sequential(nn.Linear(hidden, 64), nn.GELU(), nn.Linear(64, 1))
         self.embedding_head = nn.Linear(hidden, embed_dim)
+        # trains the embedding to cluster by category (normalised softmax on unit vectors)
+        self.embedding_prototypes = nn.Linear(embed_dim, n_categories, bias=False)
 
     def _masked(self, parts: list[torch.Tensor], presence: torch.Tensor) -> list[torch.Tensor]:
         return [p * presence[:, i : i + 1] for i, p in enumerate(parts)]
@@ -97,7 +99,11 @@ class FusionModel(nn.Module):
             "category": category,
             "sentiment": self.sentiment_head(h),
             "popularity": self.popularity_head(h).squeeze(-1),
-            "embedding": F.normalize(self.embedding_head(h), dim=-1),
+            "embedding": (embedding := F.normalize(self.embedding_head(h), dim=-1)),
+            "embedding_logits": F.linear(
+                embedding, F.normalize(self.embedding_prototypes.weight, dim=-1)
+            )
+            / 0.1,
         }
 
     def forward(

@@ -48,6 +48,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     sentiment_weight: float = 0.5
     popularity_weight: float = 0.5
+    embedding_weight: float = 0.5
     seed: int = 0
     test_missing_rate: float = 0.7
 
@@ -181,6 +182,9 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
                 loss = F.cross_entropy(out["category"], data.category[b], weight=class_weight)
             loss = loss + config.sentiment_weight * F.cross_entropy(
                 out["sentiment"], data.sentiment[b]
+            )
+            loss = loss + config.embedding_weight * F.cross_entropy(
+                out["embedding_logits"], data.category[b]
             )
             known_b = data.popularity_known[b]
             if known_b.any():

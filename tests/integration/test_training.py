@@ -117,3 +117,9 @@ def test_worker_serves_the_trained_bundle(
     assert correct / len(samples) >= 0.7
     count, _ids = milvus_ids(settings)
     assert count == len(samples)
+    # a text query is embedded by the trained fusion model too (128-d, same space)
+    from streams.similarity import find_similar
+
+    hits = find_similar(settings, text="great match goal team stadium", top_k=5)
+    sports = sum(analyses[h.post_id].category == "sports" for h in hits)
+    assert sports >= 3, [(h.post_id, analyses[h.post_id].category) for h in hits]
