@@ -130,7 +130,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def generate(count: int, seed: int = 0, imbalance: float | None = None) -> list[SynthPost]:
+def generate(
+    count: int,
+    seed: int = 0,
+    imbalance: float | None = None,
+    evidence_weights: dict[str, float] | None = None,
+) -> list[SynthPost]:
     """``count`` posts. ``imbalance`` (e.g. 100) makes the first class that many times
     more frequent than the last, geometric in between."""
     rng = random.Random(seed)
@@ -142,7 +147,10 @@ def generate(count: int, seed: int = 0, imbalance: float | None = None) -> list[
     posts = []
     for i in range(count):
         category = rng.choices(classes, weights)[0]
-        evidence = EVIDENCE[i % len(EVIDENCE)]
+        if evidence_weights:
+            evidence = rng.choices(list(evidence_weights), list(evidence_weights.values()))[0]
+        else:
+            evidence = EVIDENCE[i % len(EVIDENCE)]
         sentiment = rng.choice(list(SENTIMENT_WORDS))
         has = set(evidence.replace("all", "text+image+audio").split("+"))
         words = CLASSES[category]["words"]
