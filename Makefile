@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.postpulse-installed
 BUNDLE ?= models/default
+TRAINED ?= models/trained
 
-.PHONY: install system-deps bundle demo test lint typecheck unit integration bench clean
+.PHONY: install system-deps bundle trained demo test lint typecheck unit integration bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +33,18 @@ $(BUNDLE)/manifest.json: $(STAMP) $(wildcard encoders/*.py)
 
 bundle: $(BUNDLE)/manifest.json
 
-demo: bundle
-	$(BIN)/postpulse demo --bundle $(BUNDLE)
+# a small fusion model trained on synthetic posts, so the demo shows trained heads
+$(TRAINED)/manifest.json: $(BUNDLE)/manifest.json $(wildcard encoders/training/*.py)
+	$(BIN)/postpulse --log-level WARNING dataset synth --out data/train/posts.jsonl --posts 720
+	$(BIN)/postpulse --log-level WARNING dataset build --input data/train/posts.jsonl \
+		--out data/train/dataset --bundle $(BUNDLE)
+	$(BIN)/postpulse --log-level WARNING train --no-compare --set cache=data/train/dataset/embeddings.npz \
+		--set bundle=$(BUNDLE) --set out=$(TRAINED)
+
+trained: $(TRAINED)/manifest.json
+
+demo: trained
+	$(BIN)/postpulse demo --bundle $(TRAINED)
 
 lint: install
 	$(BIN)/ruff check streams encoders exporters tests benchmarks

@@ -8,6 +8,8 @@ everything down.
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
 import time
 from collections import Counter
@@ -20,7 +22,7 @@ from encoders.bundle import load_manifest
 from streams.broker import LocalBroker, ensure_topics, free_port
 from streams.output_reader import OutputReader
 from streams.producer import produce
-from streams.samples import mixed_stream
+from streams.samples import SamplePost, broken_posts, mixed_stream
 from streams.settings import LOCAL_BROKER_PROFILE, Settings
 from streams.similarity import find_similar
 from streams.topics import all_topic_names
@@ -29,11 +31,22 @@ from streams.worker_process import WorkerProcess
 
 def run_demo(bundle: Path, workdir: Path, valid: int, broken: int, timeout_s: float) -> int:
     """Run the demo; returns the process exit code (0 when every post was accounted for)."""
-    load_manifest(bundle)  # fail fast, with a clear message, before starting anything
+    manifest = load_manifest(bundle)  # fail fast, with a clear message, before starting anything
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    samples = mixed_stream(valid, broken, av=min(30, valid // 10))
+    if manifest.fusion.trained:
+        # posts from the same synthetic world the demo model was trained on
+        from encoders.training.synth import generate
+
+        truth = generate(valid, seed=4242)
+        samples = [
+            SamplePost(json.dumps(p.doc).encode(), str(p.doc["post_id"]), p.category) for p in truth
+        ]
+        samples += broken_posts(broken, seed=8)
+        random.Random(7).shuffle(samples)
+    else:
+        samples = mixed_stream(valid, broken, av=min(30, valid // 10))
     (workdir / "posts.jsonl").write_bytes(b"\n".join(s.value for s in samples) + b"\n")
     print(f"postpulse demo: {valid} valid + {broken} broken sample posts -> {workdir}/posts.jsonl")
 
@@ -90,6 +103,13 @@ def run_demo(bundle: Path, workdir: Path, valid: int, broken: int, timeout_s: fl
             code = worker.stop()
     outputs = reader.outputs
     _print_summary(outputs, len(samples), elapsed, metrics)
+    labelled = [s for s in samples if s.topic and s.post_id in outputs.analyses]
+    if manifest.fusion.trained and labelled:
+        hits = sum(outputs.analyses[str(s.post_id)].category == s.topic for s in labelled)
+        print(
+            f"trained category head: {hits}/{len(labelled)} correct on these synthetic posts "
+            f"({hits / len(labelled):.0%})"
+        )
     if not complete:
         print(
             f"demo FAILED: only {outputs.accounted}/{len(samples)} posts accounted for "
@@ -127,6 +147,12 @@ def _print_summary(outputs: object, expected: int, elapsed: float, metrics: str)
         print("modalities:          " + ", ".join(f"{k} {v}" for k, v in mods.most_common()))
         cats = Counter(a.category or "-" for a in analyses)
         print("categories:          " + ", ".join(f"{k} {v}" for k, v in cats.most_common()))
+        pops = np.asarray([a.popularity for a in analyses if a.popularity is not None])
+        if pops.size:
+            print(
+                f"popularity:          mean {pops.mean():.2f}, min {pops.min():.2f}, max {pops.max():.2f} "
+                "(log engagement)"
+            )
         sents = Counter(a.sentiment for a in analyses)
         print("sentiment:           " + ", ".join(f"{k} {v}" for k, v in sents.most_common()))
         print(f"bundle:              {analyses[0].bundle_version} ({analyses[0].fusion})")
