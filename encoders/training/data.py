@@ -274,3 +274,31 @@ def data_card(cache: EmbeddingCache, skipped: dict[str, int]) -> dict[str, Any]:
         "popularity_known": int(np.isfinite(cache.popularity).sum()),
         "encoders_key": cache.encoders_key,
     }
+
+
+def skew_training_split(cache: EmbeddingCache, ratio: float, seed: int = 0) -> EmbeddingCache:
+    """A copy whose *training* rows are subsampled so class frequencies fall
+    geometrically from the most to the least common class by ``ratio`` (e.g. 100:1);
+    validation and test rows are untouched, so minority recall stays measurable."""
+    rng = np.random.default_rng(seed)
+    labels = sorted(set(cache.category.tolist()))
+    train = cache.split == 0
+    keep = ~train
+    base = min(int((train & (cache.category == c)).sum()) for c in labels)
+    for k, label in enumerate(labels):
+        rows = np.flatnonzero(train & (cache.category == label))
+        n = max(1, round(base * ratio ** (-(k / max(1, len(labels) - 1)))))
+        keep[rng.choice(rows, min(n, len(rows)), replace=False)] = True
+    return EmbeddingCache(
+        post_ids=cache.post_ids[keep],
+        parts={m: v[keep] for m, v in cache.parts.items()},
+        presence=cache.presence[keep],
+        modalities=cache.modalities,
+        category=cache.category[keep],
+        sentiment=cache.sentiment[keep],
+        popularity=cache.popularity[keep],
+        created_at=cache.created_at[keep],
+        split=cache.split[keep],
+        encoders_key=cache.encoders_key,
+        extra={k: v[keep] for k, v in cache.extra.items()},
+    )

@@ -120,3 +120,30 @@ def test_posts_import_from_jsonl_csv_and_parquet(tmp_path: Path) -> None:
         assert got[0]["created_at"] == 5 and "media" not in got[1], name
     with pytest.raises(ValueError, match="unsupported format"):
         read_posts(tmp_path / "p.xlsx")
+
+
+def test_skewed_training_split_keeps_evaluation_rows() -> None:
+    from encoders.training.data import EmbeddingCache, skew_training_split
+
+    n = 400
+    rng = np.random.default_rng(0)
+    category = np.array(["a", "b", "c", "d"] * (n // 4))
+    split_ids = split(category.tolist(), seed=1)
+    cache = EmbeddingCache(
+        post_ids=np.array([f"p{i}" for i in range(n)]),
+        parts={"text": rng.normal(size=(n, 4)).astype(np.float32)},
+        presence=np.ones((n, 1), np.float32),
+        modalities=["text"],
+        category=category,
+        sentiment=np.array(["neutral"] * n),
+        popularity=np.zeros(n, np.float32),
+        created_at=np.arange(n),
+        split=split_ids,
+        encoders_key="k",
+        extra={},
+    )
+    skewed = skew_training_split(cache, 10.0)
+    train_counts = [int(((skewed.split == 0) & (skewed.category == c)).sum()) for c in "abcd"]
+    assert train_counts[0] == 70 and train_counts[-1] == 7
+    assert train_counts == sorted(train_counts, reverse=True)
+    assert ((skewed.split != 0).sum()) == ((cache.split != 0).sum())
