@@ -168,8 +168,30 @@ def cmd_dataset_synth(args: argparse.Namespace) -> int:
 def cmd_dataset_build(args: argparse.Namespace) -> int:
     from encoders.training.run import build_dataset
 
+    replayed = None
+    if args.topic:
+        from encoders.training.data import replay_topic
+        from streams.records import parse_created_at
+
+        settings = _settings(args)
+        replayed, counts = replay_topic(
+            bootstrap_servers(settings.broker_url),
+            args.topic,
+            parse_created_at(args.since) if args.since else None,
+            parse_created_at(args.until) if args.until else None,
+            consumer_config=broker_profile(settings).kafka_consumer,
+        )
+        print(f"replayed {args.topic}: {counts}")
+    if not args.input and not replayed:
+        print("postpulse dataset build: no posts (give --input FILE or --topic)", file=sys.stderr)
+        return 2
     card = build_dataset(
-        [Path(p) for p in args.input], Path(args.out), Path(args.bundle), args.seed
+        [Path(p) for p in args.input or []],
+        Path(args.out),
+        Path(args.bundle),
+        args.seed,
+        replayed=replayed,
+        split_mode=args.split,
     )
     print(
         json.dumps(
@@ -260,9 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=cmd_dataset_synth)
     q = dsub.add_parser("build", help="import, deduplicate, split and embed posts")
-    q.add_argument(
-        "--input", action="append", required=True, help="JSONL, CSV or Parquet (repeatable)"
-    )
+    q.add_argument("--input", action="append", help="JSONL, CSV or Parquet (repeatable)")
+    q.add_argument("--topic", help="also replay this Kafka topic (from its first offset)")
+    q.add_argument("--since", help="replay: created_at from (RFC 3339 or epoch ms)")
+    q.add_argument("--until", help="replay: created_at before (RFC 3339 or epoch ms)")
+    q.add_argument("--broker", help="replay: broker URL")
+    q.add_argument("--profile", choices=["local", "kafka"])
+    q.add_argument("--split", choices=["stratified", "time"], default="stratified")
     q.add_argument("--out", default="data/dataset")
     q.add_argument("--bundle", default="models/default")
     q.add_argument("--seed", type=int, default=0)

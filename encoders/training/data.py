@@ -8,6 +8,7 @@ import hashlib
 import json
 import random
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,19 @@ def deduplicate(posts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict
             seen_text.add(key)
         kept.append(post)
     return kept, dict(dropped)
+
+
+def split_by_time(
+    created_at: np.ndarray, fractions: tuple[float, float] = (0.7, 0.15)
+) -> np.ndarray:
+    """Oldest posts train, then validation, newest test (0/1/2 per item)."""
+    order = np.argsort(created_at, kind="stable")
+    out = np.zeros(len(created_at), dtype=np.int8)
+    n_train = round(len(order) * fractions[0])
+    n_val = round(len(order) * fractions[1])
+    out[order[n_train : n_train + n_val]] = 1
+    out[order[n_train + n_val :]] = 2
+    return out
 
 
 def split(
@@ -174,6 +188,7 @@ def build_cache(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
+    split_mode: str = "stratified",
 ) -> tuple[EmbeddingCache, dict[str, Any]]:
     """Embed every post with the served encoders; returns the cache and a data card.
 
@@ -242,7 +257,11 @@ def build_cache(
         sentiment=np.array(sentiments),
         popularity=np.array(popularity, dtype=np.float32),
         created_at=np.array(created, dtype=np.int64),
-        split=split(categories, seed),
+        split=(
+            split_by_time(np.array(created, dtype=np.int64))
+            if split_mode == "time"
+            else split(categories, seed)
+        ),
         encoders_key=encoders_key(bundle.manifest),
         extra={},
     )
@@ -302,3 +321,65 @@ def skew_training_split(cache: EmbeddingCache, ratio: float, seed: int = 0) -> E
         encoders_key=cache.encoders_key,
         extra={k: v[keep] for k, v in cache.extra.items()},
     )
+
+
+def replay_topic(
+    bootstrap: list[str],
+    topic: str,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    idle_s: float = 5.0,
+    consumer_config: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every post on ``topic`` (from its first offset) whose ``created_at`` lies in
+    ``[start_ms, end_ms)``; stops after ``idle_s`` without new messages. Messages that
+    are not valid posts are counted, not returned. The consumer has no group, so the
+    replay commits nothing and disturbs no worker."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streams.records import parse_created_at
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        **{
+            k: v
+            for k, v in (consumer_config or {}).items()
+            if k != "session_timeout_ms" and k != "heartbeat_interval_ms"
+        },
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            raise ValueError(f"topic {topic!r} does not exist")
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        posts: list[dict[str, Any]] = []
+        counts: Counter[str] = Counter()
+        idle_until = time.monotonic() + idle_s
+        while time.monotonic() < idle_until:
+            batch = consumer.poll(timeout_ms=500)
+            if not batch:
+                continue
+            idle_until = time.monotonic() + idle_s
+            for records in batch.values():
+                for record in records:
+                    counts["messages"] += 1
+                    try:
+                        doc = json.loads(record.value)
+                        created = parse_created_at(doc["created_at"])
+                    except (ValueError, KeyError, TypeError):
+                        counts["not_a_post"] += 1
+                        continue
+                    if (start_ms is not None and created < start_ms) or (
+                        end_ms is not None and created >= end_ms
+                    ):
+                        counts["outside_time_range"] += 1
+                        continue
+                    posts.append(doc)
+        counts["posts"] = len(posts)
+        return posts, dict(counts)
+    finally:
+        consumer.close()

@@ -26,16 +26,27 @@ class CacheMismatchError(RuntimeError):
 
 
 def build_dataset(
-    inputs: list[Path], out: Path, bundle: Path, seed: int = 0, progress: bool = True
+    inputs: list[Path],
+    out: Path,
+    bundle: Path,
+    seed: int = 0,
+    progress: bool = True,
+    replayed: list[dict[str, Any]] | None = None,
+    split_mode: str = "stratified",
 ) -> dict[str, Any]:
-    """Read, deduplicate, embed and split posts; writes ``embeddings.npz`` and ``data_card.json``."""
+    """Read posts (files, and posts replayed from Kafka), deduplicate, embed and split
+    them; writes ``embeddings.npz`` and ``data_card.json``."""
     from encoders.serving import ServedBundle
 
-    posts: list[dict[str, Any]] = []
+    posts: list[dict[str, Any]] = list(replayed or [])
     for path in inputs:
         posts += read_posts(path)
     kept, dropped = deduplicate(posts)
-    cache, card = build_cache(kept, ServedBundle(bundle), seed=seed, progress=progress)
+    cache, card = build_cache(
+        kept, ServedBundle(bundle), seed=seed, progress=progress, split_mode=split_mode
+    )
+    card["split_mode"] = split_mode
+    card["replayed_posts"] = len(replayed or [])
     card["deduplicated"] = dropped
     card["inputs"] = [str(p) for p in inputs]
     card["synthetic"] = any(bool((p.get("labels") or {}).get("synthetic")) for p in kept)
