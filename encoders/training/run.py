@@ -18,7 +18,7 @@ from encoders.training.data import (
     read_posts,
 )
 from encoders.training.report import write_report
-from encoders.training.train import TrainConfig, export_trained_bundle, train
+from encoders.training.train import TrainConfig, compare_imbalance, export_trained_bundle, train
 
 
 class CacheMismatchError(RuntimeError):
@@ -98,6 +98,8 @@ def run_training(
                 "macro_f1_missing"
             ],
         }
+    if config.imbalance_ratio:
+        comparisons |= compare_imbalance(cache, config, config.imbalance_ratio)
     out = Path(config.out)
     card_path = Path(config.cache).with_name("data_card.json")
     card = json.loads(card_path.read_text()) if card_path.is_file() else None

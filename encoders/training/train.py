@@ -7,7 +7,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class TrainConfig:
     embedding_weight: float = 0.5
     seed: int = 0
     test_missing_rate: float = 0.7
+    imbalance_ratio: float | None = None  # compare imbalance methods on a skewed train split
 
     @classmethod
     def from_yaml(cls, path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -278,6 +279,27 @@ def evaluate(result: TrainResult, cache: EmbeddingCache, split: int = 2) -> dict
 def asdict_prepared(data: Prepared) -> dict[str, Any]:
     """Fields of a :class:`Prepared` (shallow)."""
     return {f.name: getattr(data, f.name) for f in fields(data)}
+
+
+def compare_imbalance(
+    cache: EmbeddingCache, config: TrainConfig, ratio: float
+) -> dict[str, dict[str, float]]:
+    """Train once per imbalance method on a training split skewed ``ratio``:1 (most to
+    least common class); returns minority-class recall and macro-F1 per method, measured
+    on the untouched test split."""
+    from encoders.training.data import skew_training_split
+
+    skewed = skew_training_split(cache, ratio, config.seed)
+    minority = sorted(set(cache.category.tolist()))[-1]
+    recall, macro = {}, {}
+    for method in IMBALANCE_METHODS:
+        metrics = train(skewed, replace(config, imbalance=method), progress=False).metrics
+        recall[method] = metrics["per_class_recall"][minority]
+        macro[method] = metrics["macro_f1"]
+    return {
+        f"imbalance_{ratio:g}to1_minority_recall": recall,
+        f"imbalance_{ratio:g}to1_macro_f1": macro,
+    }
 
 
 def export_trained_bundle(

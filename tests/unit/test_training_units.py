@@ -147,3 +147,35 @@ def test_skewed_training_split_keeps_evaluation_rows() -> None:
     assert train_counts[0] == 70 and train_counts[-1] == 7
     assert train_counts == sorted(train_counts, reverse=True)
     assert ((skewed.split != 0).sum()) == ((cache.split != 0).sum())
+
+
+def test_class_weighting_raises_minority_recall_on_a_100_to_1_split() -> None:
+    from encoders.training.data import EmbeddingCache
+    from encoders.training.train import compare_imbalance
+
+    rng = np.random.default_rng(0)
+    k, per_class, dim = 4, 700, 16
+    centres = rng.normal(size=(k, dim)) * 0.6
+    labels = np.repeat([f"c{i}" for i in range(k)], per_class)
+    x = centres[np.repeat(np.arange(k), per_class)] + rng.normal(size=(k * per_class, dim))
+    n = len(labels)
+    cache = EmbeddingCache(
+        post_ids=np.array([f"p{i}" for i in range(n)]),
+        parts={"text": x.astype(np.float32)},
+        presence=np.ones((n, 1), np.float32),
+        modalities=["text"],
+        category=labels,
+        sentiment=np.array(["neutral"] * n),
+        popularity=np.full(n, np.nan, np.float32),
+        created_at=np.arange(n),
+        split=split(labels.tolist(), 0),
+        encoders_key="k",
+        extra={},
+    )
+    config = TrainConfig(
+        modalities=["text"], epochs=20, modality_dropout=0.0, hidden=64, embed_dim=16
+    )
+    result = compare_imbalance(cache, config, 100.0)
+    recall = result["imbalance_100to1_minority_recall"]
+    assert set(recall) == {"none", "class_weighted", "focal", "oversample", "undersample"}
+    assert recall["class_weighted"] >= recall["none"] + 0.1, recall
