@@ -98,6 +98,16 @@ def run_training(
                 "macro_f1_missing"
             ],
         }
+    if compare and config.distill_from:
+        alone = train(cache, replace(config, distill_from=None), progress=False).metrics
+        teacher = train(
+            cache, replace(config, strategy=config.distill_from, distill_from=None), progress=False
+        )
+        comparisons["distillation"] = {
+            f"teacher ({config.distill_from})": teacher.metrics["macro_f1"],
+            f"student ({config.strategy}) alone": alone["macro_f1"],
+            f"student ({config.strategy}) distilled": main.metrics["macro_f1"],
+        }
     if config.imbalance_ratio:
         comparisons |= compare_imbalance(cache, config, config.imbalance_ratio)
     out = Path(config.out)

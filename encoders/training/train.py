@@ -52,6 +52,9 @@ class TrainConfig:
     seed: int = 0
     test_missing_rate: float = 0.7
     imbalance_ratio: float | None = None  # compare imbalance methods on a skewed train split
+    distill_from: str | None = None  # teacher strategy (e.g. "late"): distil into this model
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
 
     @classmethod
     def from_yaml(cls, path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -141,11 +144,21 @@ class TrainResult:
 
 
 def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train one model on the cache's train split; evaluate on its test split."""
-    seed_everything(config.seed)
+    """Train one model on the cache's train split; evaluate on its test split. With
+    ``distill_from`` a teacher of that strategy is trained first and the model also
+    matches the teacher's softened category distribution (knowledge distillation)."""
+    teacher_probs: torch.Tensor | None = None
     labels = sorted(set(cache.category.tolist()))
     train_rows = np.flatnonzero(cache.split == 0)
     data = prepare(cache, train_rows, config.modalities, labels)
+    if config.distill_from:
+        teacher = train(
+            cache, replace(config, strategy=config.distill_from, distill_from=None), progress=False
+        )
+        with torch.no_grad():
+            logits = teacher.model.logits(data.parts, data.presence)["category"]
+            teacher_probs = torch.softmax(logits / config.distill_temperature, dim=-1)
+    seed_everything(config.seed)
     known = data.popularity[data.popularity_known]
     pop_mean = float(known.mean()) if len(known) else 0.0
     pop_std = float(known.std()) if len(known) > 1 else 1.0
@@ -184,6 +197,11 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
             loss = loss + config.sentiment_weight * F.cross_entropy(
                 out["sentiment"], data.sentiment[b]
             )
+            if teacher_probs is not None:
+                t = config.distill_temperature
+                student = F.log_softmax(out["category"] / t, dim=-1)
+                kd = F.kl_div(student, teacher_probs[b], reduction="batchmean") * t * t
+                loss = loss + config.distill_weight * kd
             loss = loss + config.embedding_weight * F.cross_entropy(
                 out["embedding_logits"], data.category[b]
             )

@@ -179,3 +179,52 @@ def test_class_weighting_raises_minority_recall_on_a_100_to_1_split() -> None:
     recall = result["imbalance_100to1_minority_recall"]
     assert set(recall) == {"none", "class_weighted", "focal", "oversample", "undersample"}
     assert recall["class_weighted"] >= recall["none"] + 0.1, recall
+
+
+def test_distillation_pulls_the_student_towards_the_teacher() -> None:
+    from encoders.training.data import EmbeddingCache
+    from encoders.training.train import prepare, train
+
+    rng = np.random.default_rng(1)
+    k, per_class = 3, 200
+    labels = np.repeat([f"c{i}" for i in range(k)], per_class)
+    centres = rng.normal(size=(k, 8)) * 0.8
+    n = len(labels)
+    cache = EmbeddingCache(
+        post_ids=np.array([f"p{i}" for i in range(n)]),
+        parts={
+            "text": (centres[np.repeat(np.arange(k), per_class)] + rng.normal(size=(n, 8))).astype(
+                np.float32
+            ),
+            "image": rng.normal(size=(n, 4)).astype(np.float32),
+        },
+        presence=np.ones((n, 2), np.float32),
+        modalities=["text", "image"],
+        category=labels,
+        sentiment=np.array(["neutral"] * n),
+        popularity=np.full(n, np.nan, np.float32),
+        created_at=np.arange(n),
+        split=split(labels.tolist(), 0),
+        encoders_key="k",
+        extra={},
+    )
+    base = TrainConfig(
+        modalities=["text", "image"], strategy="early", epochs=15, hidden=32, embed_dim=8
+    )
+    teacher = train(cache, TrainConfig(**{**base.__dict__, "strategy": "late"}), progress=False)
+    alone = train(cache, base, progress=False)
+    distilled = train(
+        cache,
+        TrainConfig(**{**base.__dict__, "distill_from": "late", "distill_weight": 2.0}),
+        progress=False,
+    )
+    test = prepare(cache, np.flatnonzero(cache.split == 2), ["text", "image"], teacher.labels)
+
+    def probs(result) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        with torch.no_grad():
+            return torch.softmax(result.model.logits(test.parts, test.presence)["category"], dim=-1)
+
+    gap_alone = (probs(alone) - probs(teacher)).abs().mean()
+    gap_distilled = (probs(distilled) - probs(teacher)).abs().mean()
+    assert gap_distilled < gap_alone
+    assert distilled.metrics["macro_f1"] > 0.6
