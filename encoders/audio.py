@@ -10,12 +10,12 @@ from __future__ import annotations
 import shutil
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from encoders.registry import EncoderSpec, ExportSpec, register_encoder
-from encoders.runtime import OnnxModel
+from encoders.runtime import BundleEncoder, Device, OnnxModel
 
 SAMPLE_RATE = 16_000
 MEL_WINDOW = 76  # mel frames per embedding window (~0.78 s)
@@ -24,20 +24,14 @@ MAX_WINDOWS_PER_CLIP = 256
 VAD_CHUNK = 512  # samples per silero-vad step at 16 kHz
 
 
-class SpeechEmbeddingEncoder:
+class SpeechEmbeddingEncoder(BundleEncoder):
     """96-d embeddings every 80 ms, mean-pooled per clip."""
 
     def __init__(
-        self,
-        folder: Path,
-        meta: dict[str, Any],
-        device: Literal["auto", "cpu", "cuda"] = "auto",
-        intra_op_threads: int = 0,
+        self, folder: Path, meta: dict[str, Any], device: Device = "auto", intra_op_threads: int = 0
     ) -> None:
-        self.dim = int(meta["dim"])
+        super().__init__(folder, meta, device, intra_op_threads)
         self.mel = OnnxModel(folder / meta["melspectrogram"], "cpu", intra_op_threads)
-        self.embed = OnnxModel(folder / meta["file"], device, intra_op_threads)
-        self.model = self.embed
 
     def mel_frames(self, samples: np.ndarray) -> np.ndarray:
         """(frames, 32) mel features, scaled the way the embedding model expects."""
@@ -67,7 +61,7 @@ class SpeechEmbeddingEncoder:
         stacked = np.stack(windows).astype(np.float32)[..., None]
         embeddings = np.concatenate(
             [
-                self.embed.run({"input_1": stacked[k : k + chunk]})[0].reshape(-1, self.dim)
+                self.model.run({"input_1": stacked[k : k + chunk]})[0].reshape(-1, self.dim)
                 for k in range(0, len(stacked), chunk)
             ]
         )

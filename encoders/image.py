@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from encoders.registry import EncoderSpec, ExportSpec, register_encoder
-from encoders.runtime import OnnxModel
+from encoders.runtime import BundleEncoder, Device
 
 if TYPE_CHECKING:
     import torch
@@ -81,22 +81,17 @@ def preprocess_image(
     return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
 
 
-class ImageEncoder:
+class ImageEncoder(BundleEncoder):
     """Pooled image features from an exported image encoder in a bundle folder."""
 
     def __init__(
-        self,
-        folder: Path,
-        meta: dict[str, Any],
-        device: Literal["auto", "cpu", "cuda"] = "auto",
-        intra_op_threads: int = 0,
+        self, folder: Path, meta: dict[str, Any], device: Device = "auto", intra_op_threads: int = 0
     ) -> None:
-        self.dim = int(meta["dim"])
+        super().__init__(folder, meta, device, intra_op_threads)
         self.size = int(meta["image_size"])
         self.resize_shorter = int(meta["resize_shorter"])
         self.mean = tuple(float(v) for v in meta["mean"])
         self.std = tuple(float(v) for v in meta["std"])
-        self.model = OnnxModel(folder / meta["file"], device, intra_op_threads)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One decoded image -> the model's input tensor (CHW)."""

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -85,3 +85,18 @@ class OnnxModel:
         """Run the session; returns the outputs in declaration order."""
         feed = {name: inputs[name] for name in self.input_names}
         return list(self.session.run(self.output_names, feed))
+
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class BundleEncoder:
+    """An encoder whose ONNX file and metadata (``dim``, ``file``, assets) come from a
+    model bundle folder; subclasses add their preprocessing."""
+
+    def __init__(
+        self, folder: Path, meta: dict[str, Any], device: Device = "auto", intra_op_threads: int = 0
+    ) -> None:
+        self.folder = folder
+        self.dim = int(meta["dim"])
+        self.model = OnnxModel(folder / meta["file"], device, intra_op_threads)

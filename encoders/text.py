@@ -10,13 +10,13 @@ import re
 import shutil
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from encoders.registry import EncoderSpec, ExportSpec, register_encoder
-from encoders.runtime import OnnxModel
+from encoders.runtime import BundleEncoder, Device
 
 if TYPE_CHECKING:
     import torch
@@ -49,19 +49,14 @@ class TextTokenizer:
         return {"input_ids": ids, "attention_mask": mask}
 
 
-class TextEncoder:
+class TextEncoder(BundleEncoder):
     """Sentence embeddings from an exported text encoder in a bundle folder."""
 
     def __init__(
-        self,
-        folder: Path,
-        meta: dict[str, Any],
-        device: Literal["auto", "cpu", "cuda"] = "auto",
-        intra_op_threads: int = 0,
+        self, folder: Path, meta: dict[str, Any], device: Device = "auto", intra_op_threads: int = 0
     ) -> None:
-        self.dim = int(meta["dim"])
+        super().__init__(folder, meta, device, intra_op_threads)
         self.tokenizer = TextTokenizer(folder / meta["tokenizer"], int(meta["max_tokens"]))
-        self.model = OnnxModel(folder / meta["file"], device, intra_op_threads)
 
     def encode(self, texts: list[str], chunk: int = 64) -> np.ndarray:
         """Unit-length embeddings, shape ``(len(texts), dim)``, float32.

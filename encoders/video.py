@@ -7,13 +7,12 @@ over the valid frames: a documented mean pooling, until the training issue learn
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from encoders.registry import EncoderSpec, ExportSpec, register_encoder
-from encoders.runtime import OnnxModel
+from encoders.runtime import BundleEncoder
 
 if TYPE_CHECKING:
     import torch
@@ -21,18 +20,8 @@ if TYPE_CHECKING:
 FRAME_DIM = 1280
 
 
-class VideoTemporalEncoder:
+class VideoTemporalEncoder(BundleEncoder):
     """Pools ``(videos, frames, dim)`` frame embeddings (with a validity mask) to ``(videos, dim)``."""
-
-    def __init__(
-        self,
-        folder: Path,
-        meta: dict[str, Any],
-        device: Literal["auto", "cpu", "cuda"] = "auto",
-        intra_op_threads: int = 0,
-    ) -> None:
-        self.dim = int(meta["dim"])
-        self.model = OnnxModel(folder / meta["file"], device, intra_op_threads)
 
     def encode(self, per_video: list[np.ndarray]) -> np.ndarray:
         """One embedding per video from its ``(frames, dim)`` frame embeddings."""

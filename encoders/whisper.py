@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from encoders.audio import SAMPLE_RATE, log_mel_spectrogram
 from encoders.registry import EncoderSpec, ExportSpec, register_encoder
-from encoders.runtime import OnnxModel
+from encoders.runtime import BundleEncoder
 
 if TYPE_CHECKING:
     import torch
@@ -176,18 +176,8 @@ def whisper_sample_inputs(batch: int) -> dict[str, np.ndarray]:
     return whisper_inputs(clips)
 
 
-class WhisperAudioEncoder:
+class WhisperAudioEncoder(BundleEncoder):
     """384-d audio embeddings from the exported Whisper encoder (first 30 s of a clip)."""
-
-    def __init__(
-        self,
-        folder: Path,
-        meta: dict[str, Any],
-        device: Literal["auto", "cpu", "cuda"] = "auto",
-        intra_op_threads: int = 0,
-    ) -> None:
-        self.dim = int(meta["dim"])
-        self.model = OnnxModel(folder / meta["file"], device, intra_op_threads)
 
     def encode(self, clips: list[np.ndarray], chunk: int = 8) -> np.ndarray:
         """One embedding per clip."""
