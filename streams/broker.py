@@ -22,6 +22,18 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 log = logging.getLogger(__name__)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM ``proc``, wait up to ``timeout`` seconds, then SIGKILL; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
 class BrokerError(RuntimeError):
     """The local broker could not be started or reached."""
 
@@ -108,14 +120,8 @@ class LocalBroker:
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM the broker by PID; SIGKILL if it does not exit in time."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc, timeout)
 
     def __enter__(self) -> LocalBroker:
         return self.start() if self.process is None else self

@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from streams.broker import terminate
+
 
 class WorkerProcess:
     """A worker subprocess configured by ``POSTPULSE_*`` variables, logging to a file."""
@@ -81,14 +83,6 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait for a clean shutdown; SIGKILL after ``timeout``."""
-        proc = self.process
-        if proc is None:
+        if self.process is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return terminate(self.process, timeout)

@@ -8,9 +8,37 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.training.data import dedup_key, deduplicate, split
+from encoders.training.data import EmbeddingCache, dedup_key, deduplicate, split
 from encoders.training.fusion import FusionModel, focal_loss, modality_dropout
 from encoders.training.train import TrainConfig
+
+
+def gaussian_cache(
+    k: int, per_class: int, dims: dict[str, int], spread: float, seed: int
+) -> EmbeddingCache:
+    """Class-conditional Gaussian embeddings (informative in the first modality only)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([f"c{i}" for i in range(k)], per_class)
+    n = len(labels)
+    names = list(dims)
+    centres = rng.normal(size=(k, dims[names[0]])) * spread
+    parts = {
+        names[0]: centres[np.repeat(np.arange(k), per_class)] + rng.normal(size=(n, dims[names[0]]))
+    }
+    parts |= {m: rng.normal(size=(n, dims[m])) for m in names[1:]}
+    return EmbeddingCache(
+        post_ids=np.array([f"p{i}" for i in range(n)]),
+        parts={m: v.astype(np.float32) for m, v in parts.items()},
+        presence=np.ones((n, len(names)), np.float32),
+        modalities=names,
+        category=labels,
+        sentiment=np.array(["neutral"] * n),
+        popularity=np.full(n, np.nan, np.float32),
+        created_at=np.arange(n),
+        split=split(labels.tolist(), 0),
+        encoders_key="k",
+        extra={},
+    )
 
 
 def test_near_identical_texts_share_a_key() -> None:
@@ -150,28 +178,9 @@ def test_skewed_training_split_keeps_evaluation_rows() -> None:
 
 
 def test_class_weighting_raises_minority_recall_on_a_100_to_1_split() -> None:
-    from encoders.training.data import EmbeddingCache
     from encoders.training.train import compare_imbalance
 
-    rng = np.random.default_rng(0)
-    k, per_class, dim = 4, 700, 16
-    centres = rng.normal(size=(k, dim)) * 0.6
-    labels = np.repeat([f"c{i}" for i in range(k)], per_class)
-    x = centres[np.repeat(np.arange(k), per_class)] + rng.normal(size=(k * per_class, dim))
-    n = len(labels)
-    cache = EmbeddingCache(
-        post_ids=np.array([f"p{i}" for i in range(n)]),
-        parts={"text": x.astype(np.float32)},
-        presence=np.ones((n, 1), np.float32),
-        modalities=["text"],
-        category=labels,
-        sentiment=np.array(["neutral"] * n),
-        popularity=np.full(n, np.nan, np.float32),
-        created_at=np.arange(n),
-        split=split(labels.tolist(), 0),
-        encoders_key="k",
-        extra={},
-    )
+    cache = gaussian_cache(k=4, per_class=700, dims={"text": 16}, spread=0.6, seed=0)
     config = TrainConfig(
         modalities=["text"], epochs=20, modality_dropout=0.0, hidden=64, embed_dim=16
     )
@@ -182,32 +191,9 @@ def test_class_weighting_raises_minority_recall_on_a_100_to_1_split() -> None:
 
 
 def test_distillation_pulls_the_student_towards_the_teacher() -> None:
-    from encoders.training.data import EmbeddingCache
     from encoders.training.train import prepare, train
 
-    rng = np.random.default_rng(1)
-    k, per_class = 3, 200
-    labels = np.repeat([f"c{i}" for i in range(k)], per_class)
-    centres = rng.normal(size=(k, 8)) * 0.8
-    n = len(labels)
-    cache = EmbeddingCache(
-        post_ids=np.array([f"p{i}" for i in range(n)]),
-        parts={
-            "text": (centres[np.repeat(np.arange(k), per_class)] + rng.normal(size=(n, 8))).astype(
-                np.float32
-            ),
-            "image": rng.normal(size=(n, 4)).astype(np.float32),
-        },
-        presence=np.ones((n, 2), np.float32),
-        modalities=["text", "image"],
-        category=labels,
-        sentiment=np.array(["neutral"] * n),
-        popularity=np.full(n, np.nan, np.float32),
-        created_at=np.arange(n),
-        split=split(labels.tolist(), 0),
-        encoders_key="k",
-        extra={},
-    )
+    cache = gaussian_cache(k=3, per_class=200, dims={"text": 8, "image": 4}, spread=0.8, seed=1)
     base = TrainConfig(
         modalities=["text", "image"], strategy="early", epochs=15, hidden=32, embed_dim=8
     )
