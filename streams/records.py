@@ -42,10 +42,6 @@ class MediaKind(StrEnum):
     AUDIO = "audio"
 
 
-MODALITIES: tuple[str, ...] = ("text", "image", "audio", "video")
-"""Modalities the current bundle encodes, in presence-mask order."""
-
-
 def parse_created_at(value: object) -> int:
     """RFC 3339 string or epoch milliseconds -> epoch milliseconds (UTC)."""
     if isinstance(value, bool):

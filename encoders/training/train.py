@@ -288,15 +288,10 @@ def evaluate(result: TrainResult, cache: EmbeddingCache, split: int = 2) -> dict
     scores = []
     for _ in range(10):  # average over random masks: one mask on a small test split is noisy
         presence = modality_dropout(data.presence, result.config.test_missing_rate, generator)
-        degraded = Prepared(**{**asdict_prepared(data), "presence": presence})
+        degraded = replace(data, presence=presence)
         scores.append(float(f1_score(y, predict(result, degraded)["category"], average="macro")))
     metrics["macro_f1_missing"] = float(np.mean(scores))
     return metrics
-
-
-def asdict_prepared(data: Prepared) -> dict[str, Any]:
-    """Fields of a :class:`Prepared` (shallow)."""
-    return {f.name: getattr(data, f.name) for f in fields(data)}
 
 
 def compare_imbalance(
