@@ -81,6 +81,21 @@ class StageTimer:
     encoder_items: dict[str, int] = field(default_factory=dict)
 
 
+def pool_per_post(
+    parts: dict[str, np.ndarray],
+    presence: np.ndarray,
+    modalities: list[str],
+    modality: str,
+    owners: list[int],
+    vectors: np.ndarray,
+) -> None:
+    """Average item embeddings (images, videos, clips) into their posts' rows of
+    ``parts[modality]`` (re-normalised) and mark the modality present for those posts."""
+    np.add.at(parts[modality], owners, vectors)
+    parts[modality] = l2_normalize(parts[modality])
+    presence[sorted(set(owners)), modalities.index(modality)] = 1.0
+
+
 def popularity_score(engagement: Engagement | None) -> float | None:
     """Baseline popularity: weighted log engagement, ``None`` when unknown."""
     if engagement is None:
@@ -247,9 +262,7 @@ class PostAnalyser:
         image_rows = [k for k, (_, v, _) in enumerate(pictures) if v < 0]
         if image_rows:
             owners = [pictures[k][0] for k in image_rows]
-            np.add.at(parts["image"], owners, features[image_rows])
-            parts["image"] = l2_normalize(parts["image"])
-            presence[sorted(set(owners)), modalities.index("image")] = 1.0
+            pool_per_post(parts, presence, modalities, "image", owners, features[image_rows])
         if "video" in modalities and bundle.video is not None:
             start = time.perf_counter()
             keys = sorted({(i, v) for i, v, _ in pictures if v >= 0})
@@ -259,9 +272,7 @@ class PostAnalyser:
                     for key in keys
                 ]
                 videos = l2_normalize(bundle.video.encode(per_video))
-                np.add.at(parts["video"], [i for i, _ in keys], videos)
-                parts["video"] = l2_normalize(parts["video"])
-                presence[sorted({i for i, _ in keys}), modalities.index("video")] = 1.0
+                pool_per_post(parts, presence, modalities, "video", [i for i, _ in keys], videos)
             timer.encoders["video"] = time.perf_counter() - start
             timer.encoder_items["video"] = len(keys)
         return pictures
@@ -284,9 +295,7 @@ class PostAnalyser:
         ratios: list[float] = []
         if clips:
             embedded = l2_normalize(bundle.audio.encode([c for _, c in clips]))
-            np.add.at(parts["audio"], [i for i, _ in clips], embedded)
-            parts["audio"] = l2_normalize(parts["audio"])
-            presence[sorted({i for i, _ in clips}), modalities.index("audio")] = 1.0
+            pool_per_post(parts, presence, modalities, "audio", [i for i, _ in clips], embedded)
             ratios = [bundle.vad.speech_ratio(clip) if bundle.vad else 1.0 for _, clip in clips]
             for (i, _), ratio in zip(clips, ratios, strict=True):
                 speech[i] = max(speech.get(i, 0.0), ratio)
