@@ -265,12 +265,13 @@ class PostAnalyser:
             pool_per_post(parts, presence, modalities, "image", owners, features[image_rows])
         if "video" in modalities and bundle.video is not None:
             start = time.perf_counter()
-            keys = sorted({(i, v) for i, v, _ in pictures if v >= 0})
+            rows_of: dict[tuple[int, int], list[int]] = {}
+            for k, (i, v, _) in enumerate(pictures):
+                if v >= 0:
+                    rows_of.setdefault((i, v), []).append(k)
+            keys = sorted(rows_of)
             if keys:
-                per_video = [
-                    features[[k for k, (pi, pv, _) in enumerate(pictures) if (pi, pv) == key]]
-                    for key in keys
-                ]
+                per_video = [features[rows_of[key]] for key in keys]
                 videos = l2_normalize(bundle.video.encode(per_video))
                 pool_per_post(parts, presence, modalities, "video", [i for i, _ in keys], videos)
             timer.encoders["video"] = time.perf_counter() - start
