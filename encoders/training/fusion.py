@@ -11,10 +11,37 @@ from torch.nn import functional as F
 STRATEGIES = ("early", "intermediate", "late")
 
 
+class LexicalBag(nn.Module):
+    """The lexical half of the text branch: learned token vectors summed with TF-IDF
+    weights (``log1p(count) * idf``, L2-normalised per text). Sentence embeddings miss
+    the exact words that decide many categories; this adds them back (wide-and-deep)."""
+
+    def __init__(self, vocab_size: int, hidden: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, hidden, sparse=True)
+        nn.init.normal_(self.table.weight, std=0.05)
+        self.idf: torch.Tensor
+        self.register_buffer("idf", torch.ones(vocab_size))
+
+    def fit_idf(self, ids: torch.Tensor, counts: torch.Tensor) -> None:
+        """Smoothed inverse document frequencies from training token bags."""
+        present = torch.zeros_like(self.idf)
+        present.index_add_(0, ids[counts > 0], torch.ones(int((counts > 0).sum())))
+        n_docs = float(len(ids))
+        self.idf.copy_(torch.log((1.0 + n_docs) / (1.0 + present)) + 1.0)
+
+    def forward(self, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        weights = torch.log1p(counts) * self.idf[ids]
+        weights = weights / weights.norm(dim=1, keepdim=True).clamp(min=1e-9)
+        return (weights.unsqueeze(-1) * self.table(ids)).sum(dim=1)
+
+
 class FusionModel(nn.Module):
     """Inputs: one ``(batch, dim_m)`` tensor per modality and a ``(batch, M)`` presence
-    mask. ``forward`` returns (post_embedding, category_probs, sentiment_probs,
-    popularity) — the exported serving signature; ``logits`` is used for training."""
+    mask, plus, with ``lexical_vocab``, the texts' token bags (ids and counts) feeding a
+    :class:`LexicalBag` into the text branch. ``forward`` returns (post_embedding,
+    category_probs, sentiment_probs, popularity) — the exported serving signature;
+    ``logits`` is used for training."""
 
     def __init__(
         self,
@@ -25,6 +52,7 @@ class FusionModel(nn.Module):
         hidden: int = 256,
         embed_dim: int = 128,
         dropout: float = 0.1,
+        lexical_vocab: int = 0,
     ) -> None:
         super().__init__()
         if strategy not in STRATEGIES:
@@ -32,21 +60,20 @@ class FusionModel(nn.Module):
         self.modalities = list(dims)
         self.strategy = strategy
         m = len(dims)
+        self.lexical = (
+            LexicalBag(lexical_vocab, hidden) if lexical_vocab and "text" in dims else None
+        )
         if strategy == "early":
+            self.early_in = nn.Linear(sum(dims.values()) + m, hidden)
             self.trunk = nn.Sequential(
-                nn.Linear(sum(dims.values()) + m, hidden),
-                nn.GELU(),
-                nn.Dropout(dropout),
-                nn.Linear(hidden, hidden),
-                nn.GELU(),
+                nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU()
             )
         else:
+            self.project_in = nn.ModuleDict({k: nn.Linear(d, hidden) for k, d in dims.items()})
             self.project = nn.ModuleDict(
                 {
-                    k: nn.Sequential(
-                        nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), nn.LayerNorm(hidden)
-                    )
-                    for k, d in dims.items()
+                    k: nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.LayerNorm(hidden))
+                    for k in dims
                 }
             )
             self.gate = nn.Linear(hidden, 1)
@@ -64,16 +91,35 @@ class FusionModel(nn.Module):
     def _masked(self, parts: list[torch.Tensor], presence: torch.Tensor) -> list[torch.Tensor]:
         return [p * presence[:, i : i + 1] for i, p in enumerate(parts)]
 
-    def logits(self, parts: list[torch.Tensor], presence: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _lexical(
+        self, presence: torch.Tensor, tokens: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor | None:
+        if self.lexical is None or tokens is None:
+            return None
+        t = self.modalities.index("text")
+        return self.lexical(*tokens) * presence[:, t : t + 1]
+
+    def logits(
+        self,
+        parts: list[torch.Tensor],
+        presence: torch.Tensor,
+        tokens: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Raw head outputs and the fused hidden state."""
         parts = self._masked(parts, presence)
         valid = presence > 0
+        lexical = self._lexical(presence, tokens)
         if self.strategy == "early":
-            h = self.trunk(torch.cat([*parts, presence], dim=1))
+            first = self.early_in(torch.cat([*parts, presence], dim=1))
+            h = self.trunk(first if lexical is None else first + lexical)
             category = self.category_head(h)
         else:
+            inputs = [self.project_in[k](x) for k, x in zip(self.modalities, parts, strict=True)]
+            if lexical is not None:
+                t = self.modalities.index("text")
+                inputs[t] = inputs[t] + lexical
             projected = torch.stack(
-                [self.project[k](x) for k, x in zip(self.modalities, parts, strict=True)], dim=1
+                [self.project[k](x) for k, x in zip(self.modalities, inputs, strict=True)], dim=1
             )
             if self.strategy == "intermediate":
                 scores = self.gate(torch.tanh(projected)).squeeze(-1)
@@ -109,8 +155,12 @@ class FusionModel(nn.Module):
     def forward(
         self, *inputs: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.lexical is not None:
+            *rest, ids, counts = inputs
+            inputs, tokens = tuple(rest), (ids, counts)
         *parts, presence = inputs
-        out = self.logits(list(parts), presence)
+        out = self.logits(list(parts), presence, tokens)
         return (
             out["embedding"],
             torch.softmax(out["category"], dim=-1),

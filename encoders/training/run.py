@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from encoders.bundle import load_manifest
+from encoders.training.baselines import tfidf_logistic_regression
 from encoders.training.data import (
     EmbeddingCache,
     build_cache,
@@ -17,12 +18,9 @@ from encoders.training.data import (
     encoders_key,
     read_posts,
 )
+from encoders.training.errors import CacheMismatchError
 from encoders.training.report import write_report
 from encoders.training.train import TrainConfig, compare_imbalance, export_trained_bundle, train
-
-
-class CacheMismatchError(RuntimeError):
-    """The embedding cache was computed with other encoders than the bundle's."""
 
 
 def build_dataset(
@@ -75,18 +73,32 @@ def run_training(
     config = replace(config, modalities=modalities)
     main = train(cache, config, progress=progress)
     comparisons: dict[str, dict[str, float]] = {}
+    multimodal = len(modalities) > 1
     if compare:
         quiet = {"progress": False}
+        single = (
+            {modalities[0]: main.metrics}  # one modality: the main model is the single one
+            if not multimodal
+            else {
+                m: train(
+                    cache, replace(config, modalities=[m], modality_dropout=0.0), **quiet
+                ).metrics
+                for m in modalities
+            }
+        )
+        if "text" in single and cache.texts is not None:
+            baseline = tfidf_logistic_regression(cache)
+            comparisons["text_head_vs_tfidf"] = {
+                "text head (fusion model, text only)": single["text"]["macro_f1"],
+                f"TF-IDF + logistic regression (C={baseline['C']:g}, "
+                f"class weight {baseline['class_weight']})": baseline["macro_f1"],
+            }
+    if compare and multimodal:
         comparisons["fusion_strategies"] = {
             s: train(cache, replace(config, strategy=s), **quiet).metrics["macro_f1"]
             for s in ("early", "intermediate", "late")
         }
-        comparisons["single_modality"] = {
-            m: train(cache, replace(config, modalities=[m], modality_dropout=0.0), **quiet).metrics[
-                "macro_f1"
-            ]
-            for m in modalities
-        }
+        comparisons["single_modality"] = {m: v["macro_f1"] for m, v in single.items()}
         without = train(cache, replace(config, modality_dropout=0.0), **quiet).metrics
         comparisons["missing_modalities"] = {
             f"modality dropout {config.modality_dropout:g}, all present": main.metrics["macro_f1"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -210,8 +209,6 @@ def generate(
 
 def write_jsonl(posts: list[SynthPost], path: Path) -> Path:
     """One post per line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        for post in posts:
-            handle.write(json.dumps(post.doc) + "\n")
-    return path
+    from encoders.training.data import write_posts
+
+    return write_posts([post.doc for post in posts], path)

@@ -55,6 +55,8 @@ class TrainConfig:
     distill_from: str | None = None  # teacher strategy (e.g. "late"): distil into this model
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
+    lexical: bool = True  # token-bag (TF-IDF weighted) input to the text branch
+    select_on_validation: bool = True  # keep the epoch with the best validation macro-F1
 
     @classmethod
     def from_yaml(cls, path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -88,10 +90,40 @@ class Prepared:
     sentiment: torch.Tensor
     popularity: torch.Tensor
     popularity_known: torch.Tensor
+    tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def rows(self, b: torch.Tensor, presence: torch.Tensor) -> dict[str, Any]:
+        """Model inputs of the rows ``b`` with the given presence mask."""
+        tokens = None if self.tokens is None else (self.tokens[0][b], self.tokens[1][b])
+        return {"parts": [p[b] for p in self.parts], "presence": presence, "tokens": tokens}
+
+
+def _token_bags(cache: EmbeddingCache, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = cache.extra["text_token_ids"][rows]
+    counts = cache.extra["text_token_counts"][rows]
+    width = max(1, int((counts > 0).sum(axis=1).max(initial=0)))  # bags are left-packed
+    return (
+        torch.from_numpy(ids[:, :width].astype(np.int64)),
+        torch.from_numpy(counts[:, :width].astype(np.float32)),
+    )
+
+
+def uses_lexical(cache: EmbeddingCache, config: TrainConfig) -> bool:
+    """Whether the model gets the token-bag input (configured, and the cache has bags)."""
+    return (
+        config.lexical
+        and "text" in config.modalities
+        and "text_token_ids" in cache.extra
+        and cache.text_vocab_size > 0
+    )
 
 
 def prepare(
-    cache: EmbeddingCache, rows: np.ndarray, modalities: list[str], labels: list[str]
+    cache: EmbeddingCache,
+    rows: np.ndarray,
+    modalities: list[str],
+    labels: list[str],
+    lexical: bool = False,
 ) -> Prepared:
     """Select ``rows`` and the used modalities (others zeroed and marked absent)."""
     presence = cache.presence[rows].copy()
@@ -108,6 +140,7 @@ def prepare(
         ),
         popularity=torch.from_numpy(np.nan_to_num(pop).astype(np.float32)),
         popularity_known=torch.from_numpy(np.isfinite(pop)),
+        tokens=_token_bags(cache, rows) if lexical else None,
     )
 
 
@@ -143,6 +176,21 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
+def _optimisers(model: FusionModel, config: TrainConfig) -> list[torch.optim.Optimizer]:
+    """AdamW for the dense weights; the token table's gradients are sparse (a batch
+    touches a few hundred of its rows), so it gets SparseAdam and costs per row used."""
+    if model.lexical is None:
+        return [
+            torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        ]
+    table = model.lexical.table.weight
+    dense = [p for p in model.parameters() if p is not table]
+    return [
+        torch.optim.AdamW(dense, lr=config.lr, weight_decay=config.weight_decay),
+        torch.optim.SparseAdam([table], lr=config.lr),
+    ]
+
+
 def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> TrainResult:
     """Train one model on the cache's train split; evaluate on its test split. With
     ``distill_from`` a teacher of that strategy is trained first and the model also
@@ -150,13 +198,15 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
     teacher_probs: torch.Tensor | None = None
     labels = sorted(set(cache.category.tolist()))
     train_rows = np.flatnonzero(cache.split == 0)
-    data = prepare(cache, train_rows, config.modalities, labels)
+    lexical = uses_lexical(cache, config)
+    data = prepare(cache, train_rows, config.modalities, labels, lexical)
     if config.distill_from:
         teacher = train(
             cache, replace(config, strategy=config.distill_from, distill_from=None), progress=False
         )
         with torch.no_grad():
-            logits = teacher.model.logits(data.parts, data.presence)["category"]
+            everything = torch.arange(len(train_rows))
+            logits = teacher.model.logits(**data.rows(everything, data.presence))["category"]
             teacher_probs = torch.softmax(logits / config.distill_temperature, dim=-1)
     seed_everything(config.seed)
     known = data.popularity[data.popularity_known]
@@ -171,10 +221,11 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
         config.hidden,
         config.embed_dim,
         config.dropout,
+        lexical_vocab=cache.text_vocab_size if lexical else 0,
     )
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    if model.lexical is not None and data.tokens is not None:
+        model.lexical.fit_idf(*data.tokens)
+    optimisers = _optimisers(model, config)
     y = data.category.numpy()
     counts = np.bincount(y, minlength=len(labels)).astype(np.float32)
     class_weight = None
@@ -182,14 +233,21 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
         class_weight = torch.from_numpy(len(y) / (len(labels) * np.maximum(counts, 1.0)))
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model.train()
+    validation_rows = np.flatnonzero(cache.split == 1)
+    validation = (
+        prepare(cache, validation_rows, config.modalities, labels, lexical)
+        if config.select_on_validation and len(validation_rows)
+        else None
+    )
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
     for _epoch in tqdm(range(config.epochs), desc=f"train {config.strategy}", disable=not progress):
+        model.train()
         order = _sample_indices(y, config.imbalance, rng)
         rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             b = torch.from_numpy(order[start : start + config.batch_size])
             presence = modality_dropout(data.presence[b], config.modality_dropout, generator)
-            out = model.logits([p[b] for p in data.parts], presence)
+            out = model.logits(**data.rows(b, presence))
             if config.imbalance == "focal":
                 loss = focal_loss(out["category"], data.category[b], weight=class_weight)
             else:
@@ -211,19 +269,36 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
                 loss = loss + config.popularity_weight * F.mse_loss(
                     out["popularity"][known_b], target
                 )
-            optimiser.zero_grad()
+            for optimiser in optimisers:
+                optimiser.zero_grad()
             loss.backward()
-            optimiser.step()
+            for optimiser in optimisers:
+                optimiser.step()
+        if validation is not None:
+            model.eval()
+            score = _macro_f1(model, validation)
+            if best is None or score > best[0]:
+                best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if best is not None:
+        model.load_state_dict(best[1])
     model.eval()
     result = TrainResult(model, config, labels, pop_mean, pop_std, {})
     result.metrics = evaluate(result, cache)
     return result
 
 
+def _macro_f1(model: FusionModel, data: Prepared) -> float:
+    with torch.no_grad():
+        everything = torch.arange(len(data.category))
+        predicted = model.logits(**data.rows(everything, data.presence))["category"].argmax(1)
+    return float(f1_score(data.category.numpy(), predicted.numpy(), average="macro"))
+
+
 def predict(result: TrainResult, data: Prepared) -> dict[str, np.ndarray]:
     """Class predictions and de-standardised popularity."""
     with torch.no_grad():
-        out = result.model.logits(data.parts, data.presence)
+        everything = torch.arange(len(data.category))
+        out = result.model.logits(**data.rows(everything, data.presence))
     return {
         "category": out["category"].argmax(dim=1).numpy(),
         "sentiment": out["sentiment"].argmax(dim=1).numpy(),
@@ -235,7 +310,9 @@ def evaluate(result: TrainResult, cache: EmbeddingCache, split: int = 2) -> dict
     """Macro-F1, per-class scores, confusion matrix, popularity Spearman/MAE, accuracy by
     missing-modality pattern, and macro-F1 with ``test_missing_rate`` of modalities dropped."""
     rows = np.flatnonzero(cache.split == split)
-    data = prepare(cache, rows, result.config.modalities, result.labels)
+    data = prepare(
+        cache, rows, result.config.modalities, result.labels, result.model.lexical is not None
+    )
     pred = predict(result, data)
     y = data.category.numpy()
     metrics: dict[str, Any] = {
@@ -307,8 +384,9 @@ def compare_imbalance(
     recall, macro = {}, {}
     for method in IMBALANCE_METHODS:
         metrics = train(skewed, replace(config, imbalance=method), progress=False).metrics
-        recall[method] = metrics["per_class_recall"][minority]
-        macro[method] = metrics["macro_f1"]
+        name = f"{method} (chosen)" if method == config.imbalance else method
+        recall[name] = metrics["per_class_recall"][minority]
+        macro[name] = metrics["macro_f1"]
     return {
         f"imbalance_{ratio:g}to1_minority_recall": recall,
         f"imbalance_{ratio:g}to1_macro_f1": macro,
@@ -330,13 +408,21 @@ def export_trained_bundle(
             f"exporting a fusion model needs a text/image/audio/video bundle, not {modalities}"
         )
     dims = {m: base.encoders[m].dim for m in modalities}
+    lexical = model.lexical is not None
+    token_inputs = ("text_token_ids", "text_token_counts") if lexical else ()
 
     def sample(batch: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(batch)
-        feed = {m: rng.normal(size=(batch, d)).astype(np.float32) for m, d in dims.items()}
+        feed: dict[str, np.ndarray] = {
+            m: rng.normal(size=(batch, d)).astype(np.float32) for m, d in dims.items()
+        }
         presence = (rng.random((batch, len(modalities))) > 0.4).astype(np.float32)
         presence[:, 0] = 1.0
         feed["presence"] = presence
+        if model.lexical is not None:
+            vocab = model.lexical.table.num_embeddings
+            feed["text_token_ids"] = rng.integers(0, vocab, size=(batch, 7), dtype=np.int64)
+            feed["text_token_counts"] = rng.integers(0, 4, size=(batch, 7)).astype(np.float32)
         return feed
 
     class Serving(torch.nn.Module):
@@ -352,9 +438,12 @@ def export_trained_bundle(
             audio: torch.Tensor,
             video: torch.Tensor,
             presence: torch.Tensor,
+            text_token_ids: torch.Tensor | None = None,
+            text_token_counts: torch.Tensor | None = None,
         ) -> tuple[torch.Tensor, ...]:
+            tokens = () if text_token_ids is None else (text_token_ids, text_token_counts)
             embedding, category, sentiment, popularity = self.inner(
-                text, image, audio, video, presence
+                text, image, audio, video, presence, *tokens
             )
             return embedding, category, sentiment, popularity * self.std + self.mean
 
@@ -367,10 +456,11 @@ def export_trained_bundle(
         version=f"fusion-{result.config.strategy}",
         source="postpulse fusion model",
         export=ExportSpec(
-            input_names=(*modalities, "presence"),
+            input_names=(*modalities, "presence", *token_inputs),
             output_names=outputs,
             dynamic_axes={
                 **{m: {0: "batch"} for m in (*modalities, "presence")},
+                **{t: {0: "batch", 1: "tokens"} for t in token_inputs},
                 **{o: {0: "batch"} for o in outputs},
             },
             atol=1e-4,

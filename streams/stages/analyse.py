@@ -25,6 +25,7 @@ from PIL import Image
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from encoders.serving import ServedBundle, l2_normalize
+from encoders.text import TokenBags
 from streams.records import Analysis, Engagement
 from streams.stages.decode import DecodedPost
 
@@ -70,6 +71,7 @@ class EmbeddedBatch:
     transcripts: dict[int, str]
     ocr_texts: dict[int, str]
     speech: dict[int, float]
+    tokens: TokenBags  # the texts' token bags (lexical input of trained fusion models)
 
 
 @dataclass
@@ -151,12 +153,15 @@ class PostAnalyser:
 
         start = time.perf_counter()
         text_idx = [i for i, t in enumerate(texts) if t]
+        tokens = TokenBags.empty(n, bundle.text.tokenizer.max_tokens)
         if text_idx:
-            parts["text"][text_idx] = bundle.text.encode([texts[i] for i in text_idx])
+            embedded, bags = bundle.text.encode_with_tokens([texts[i] for i in text_idx])
+            parts["text"][text_idx] = embedded
+            tokens.ids[text_idx], tokens.counts[text_idx] = bags.ids, bags.counts
             presence[text_idx, modalities.index("text")] = 1.0
         timer.encoders["text"] = time.perf_counter() - start
         timer.encoder_items["text"] = len(text_idx)
-        return EmbeddedBatch(parts, presence, texts, transcripts, ocr_texts, speech)
+        return EmbeddedBatch(parts, presence, texts, transcripts, ocr_texts, speech, tokens)
 
     def __call__(self, batch: list[DecodedPost], timer: StageTimer) -> list[AnalysedPost]:
         """Analyse a batch: each encoder runs once over all the batch's items."""
@@ -168,7 +173,7 @@ class PostAnalyser:
         presence = e.presence
 
         start = time.perf_counter()
-        heads = bundle.fusion_heads(e.parts, presence)
+        heads = bundle.fusion_heads(e.parts, presence, e.tokens)
         fused = heads.embedding
         if heads.category_probs is not None:
             categories, probs = bundle.category_labels, heads.category_probs
