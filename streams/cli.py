@@ -234,6 +234,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from encoders.training.data import EmbeddingCache
+    from encoders.training.report import write_report
+    from encoders.training.train import evaluate_bundle
+
+    cache_path = Path(args.cache)
+    cache = EmbeddingCache.load(cache_path)
+    split = ["train", "validation", "test"].index(args.split)
+    metrics, labels = evaluate_bundle(Path(args.bundle), cache, split, args.missing_rate)
+    card_path = cache_path.with_name("data_card.json")
+    card = json.loads(card_path.read_text()) if card_path.is_file() else None
+    report = write_report(
+        Path(args.out),
+        {**metrics, "test_missing_rate": args.missing_rate},
+        labels,
+        {},
+        card,
+        synthetic=bool(card and card.get("synthetic")),
+        title=f"postpulse bundle {args.bundle} — evaluation on the {args.split} split",
+    )
+    print(
+        f"{args.split}: {metrics['test_posts']} posts, category macro-F1 {metrics['macro_f1']:.3f} "
+        f"(with {args.missing_rate:.0%} of modalities dropped {metrics['macro_f1_missing']:.3f}), "
+        f"sentiment macro-F1 {metrics['sentiment_macro_f1']:.3f}, popularity Spearman "
+        f"{metrics.get('popularity_spearman', float('nan')):.3f}; report {report}"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -328,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-compare", action="store_true", help="skip the strategy/modality comparisons"
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a trained bundle (its ONNX model) on a data set")
+    p.add_argument("--bundle", default="models/trained")
+    p.add_argument("--cache", default="data/dataset/embeddings.npz", help="from 'dataset build'")
+    p.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    p.add_argument("--missing-rate", type=float, default=0.7, help="modalities dropped")
+    p.add_argument("--out", default="data/evaluation", help="report folder")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("produce", help="publish posts from a JSONL file")
     _add_common(p)

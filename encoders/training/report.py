@@ -57,11 +57,12 @@ def write_report(
     comparisons: dict[str, dict[str, float]],
     data_card: dict[str, Any] | None,
     synthetic: bool,
+    title: str = "postpulse fusion model — evaluation",
 ) -> Path:
     """``report.md`` plus ``confusion.png`` and one bar chart per comparison."""
     folder.mkdir(parents=True, exist_ok=True)
     _plot_confusion(main["confusion"], labels, folder / "confusion.png")
-    lines = ["# postpulse fusion model — evaluation", ""]
+    lines = [f"# {title}", ""]
     if synthetic:
         lines += [
             "> **Synthetic data.** These numbers come from `postpulse dataset synth`: generated posts",

@@ -1,8 +1,8 @@
 """``postpulse dataset synth``: synthetic multimodal posts with known ground truth.
 
-Label evidence is split across modalities on purpose: some posts can be classified
-only from their text, some only from their image, some only from their audio, some
-from several. Engagement is a known function of the content plus noise. The data is
+Label evidence is split across modalities on purpose: half the posts carry agreeing
+evidence in text, image and audio; the others can be classified only from their text,
+only from their image, only from their audio, or from two of them. Engagement is a known function of the content plus noise. The data is
 synthetic and every report built on it says so.
 """
 
@@ -66,6 +66,9 @@ SENTIMENT_WORDS = {
 }
 NEUTRAL_TEXT = ["check this out", "new post", "what do you think", "look at this", "sharing this"]
 EVIDENCE = ["text", "image", "audio", "text+image", "image+audio", "all"]
+# Half the posts carry agreeing evidence in every modality (as the picture and caption of
+# most real posts agree); the rest only in one or two, so fusion has something to add.
+DEFAULT_EVIDENCE_WEIGHTS = {"all": 0.5} | {e: 0.1 for e in EVIDENCE if e != "all"}
 
 
 @dataclass(frozen=True)
@@ -146,10 +149,8 @@ def generate(
     posts = []
     for i in range(count):
         category = rng.choices(classes, weights)[0]
-        if evidence_weights:
-            evidence = rng.choices(list(evidence_weights), list(evidence_weights.values()))[0]
-        else:
-            evidence = EVIDENCE[i % len(EVIDENCE)]
+        mix = evidence_weights or DEFAULT_EVIDENCE_WEIGHTS
+        evidence = rng.choices(list(mix), list(mix.values()))[0]
         sentiment = rng.choice(list(SENTIMENT_WORDS))
         has = set(evidence.replace("all", "text+image+audio").split("+"))
         words = CLASSES[category]["words"]

@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -313,36 +314,52 @@ def evaluate(result: TrainResult, cache: EmbeddingCache, split: int = 2) -> dict
     data = prepare(
         cache, rows, result.config.modalities, result.labels, result.model.lexical is not None
     )
-    pred = predict(result, data)
+    return score_predictions(
+        lambda d: predict(result, d),
+        data,
+        result.labels,
+        cache.modalities,
+        result.config.test_missing_rate,
+        result.config.seed,
+    )
+
+
+def score_predictions(
+    predict_fn: Callable[[Prepared], dict[str, np.ndarray]],
+    data: Prepared,
+    labels: list[str],
+    modalities: list[str],
+    test_missing_rate: float = 0.7,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every evaluation metric of a predictor (a trained PyTorch model or an exported
+    bundle's ONNX fusion model) on one prepared split."""
+    pred = predict_fn(data)
     y = data.category.numpy()
     metrics: dict[str, Any] = {
-        "test_posts": len(rows),
+        "test_posts": len(y),
         "macro_f1": float(f1_score(y, pred["category"], average="macro")),
         "per_class_f1": dict(
             zip(
-                result.labels,
-                f1_score(
-                    y, pred["category"], average=None, labels=range(len(result.labels))
-                ).tolist(),
+                labels,
+                f1_score(y, pred["category"], average=None, labels=range(len(labels))).tolist(),
                 strict=True,
             )
         ),
         "per_class_recall": dict(
             zip(
-                result.labels,
+                labels,
                 recall_score(
                     y,
                     pred["category"],
                     average=None,
-                    labels=range(len(result.labels)),
+                    labels=range(len(labels)),
                     zero_division=0,
                 ).tolist(),
                 strict=True,
             )
         ),
-        "confusion": confusion_matrix(
-            y, pred["category"], labels=range(len(result.labels))
-        ).tolist(),
+        "confusion": confusion_matrix(y, pred["category"], labels=range(len(labels))).tolist(),
         "sentiment_macro_f1": float(
             f1_score(data.sentiment.numpy(), pred["sentiment"], average="macro")
         ),
@@ -356,17 +373,17 @@ def evaluate(result: TrainResult, cache: EmbeddingCache, split: int = 2) -> dict
         metrics["popularity_mae"] = float(mean_absolute_error(truth, pred["popularity"][known]))
     patterns: dict[str, list[bool]] = {}
     for row, ok in zip(data.presence.numpy(), pred["category"] == y, strict=True):
-        key = "+".join(m for m, p in zip(cache.modalities, row, strict=True) if p) or "none"
+        key = "+".join(m for m, p in zip(modalities, row, strict=True) if p) or "none"
         patterns.setdefault(key, []).append(bool(ok))
     metrics["accuracy_by_pattern"] = {
         k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(patterns.items())
     }
-    generator = torch.Generator().manual_seed(result.config.seed + 1)
+    generator = torch.Generator().manual_seed(seed + 1)
     scores = []
     for _ in range(10):  # average over random masks: one mask on a small test split is noisy
-        presence = modality_dropout(data.presence, result.config.test_missing_rate, generator)
+        presence = modality_dropout(data.presence, test_missing_rate, generator)
         degraded = replace(data, presence=presence)
-        scores.append(float(f1_score(y, predict(result, degraded)["category"], average="macro")))
+        scores.append(float(f1_score(y, predict_fn(degraded)["category"], average="macro")))
     metrics["macro_f1_missing"] = float(np.mean(scores))
     return metrics
 
@@ -507,3 +524,61 @@ def export_trained_bundle(
         shutil.rmtree(out)
     staging.rename(out)
     return manifest
+
+
+def evaluate_bundle(
+    bundle: Path,
+    cache: EmbeddingCache,
+    split: int = 2,
+    test_missing_rate: float = 0.7,
+    seed: int = 0,
+) -> tuple[dict[str, Any], list[str]]:
+    """Score a trained bundle's exported fusion model (ONNX Runtime, exactly what the
+    worker runs) on one split of an embedding cache; returns the metrics and labels."""
+    from encoders.runtime import OnnxModel
+    from encoders.training.data import encoders_key
+    from encoders.training.errors import CacheMismatchError
+
+    manifest = load_manifest(bundle)
+    if not manifest.fusion.trained or manifest.fusion.file is None:
+        raise ValueError(f"{bundle} has no trained fusion model to evaluate")
+    if cache.encoders_key != encoders_key(manifest):
+        raise CacheMismatchError(
+            f"the cache was embedded with other encoders than {bundle}; rebuild it with "
+            f"'postpulse dataset build --bundle {bundle}'"
+        )
+    if list(manifest.fusion.modalities) != cache.modalities:
+        raise ValueError(
+            f"bundle modalities {manifest.fusion.modalities} != cache {cache.modalities}"
+        )
+    labels = list(manifest.labels["category"])
+    rows = np.flatnonzero(cache.split == split)
+    unknown = sorted(set(cache.category[rows].tolist()) - set(labels))
+    if unknown:
+        raise ValueError(f"categories the bundle was not trained on: {unknown}")
+    model = OnnxModel(bundle / manifest.fusion.file)
+    lexical = "text_token_ids" in model.input_names
+    data = prepare(cache, rows, cache.modalities, labels, lexical)
+
+    def predict_onnx(d: Prepared) -> dict[str, np.ndarray]:
+        outputs: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(d.category), 1024):
+            b = torch.arange(start, min(start + 1024, len(d.category)))
+            inputs = d.rows(b, d.presence[b])
+            feed = {m: x.numpy() for m, x in zip(cache.modalities, inputs["parts"], strict=True)}
+            feed["presence"] = inputs["presence"].numpy()
+            if lexical:
+                feed["text_token_ids"] = inputs["tokens"][0].numpy()
+                feed["text_token_counts"] = inputs["tokens"][1].numpy()
+            for name, value in zip(model.output_names, model.run(feed), strict=True):
+                outputs.setdefault(name, []).append(value)
+        joined = {k: np.concatenate(v) for k, v in outputs.items()}
+        return {
+            "category": joined["category_probs"].argmax(axis=1),
+            "sentiment": joined["sentiment_probs"].argmax(axis=1),
+            "popularity": joined["popularity"].reshape(-1),
+        }
+
+    return score_predictions(
+        predict_onnx, data, labels, cache.modalities, test_missing_rate, seed
+    ), labels
