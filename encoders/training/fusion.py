@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from encoders.video import build_attention_pooling
+
 STRATEGIES = ("early", "intermediate", "late")
 
 
@@ -53,6 +55,7 @@ class FusionModel(nn.Module):
         embed_dim: int = 128,
         dropout: float = 0.1,
         lexical_vocab: int = 0,
+        temporal: bool = False,
     ) -> None:
         super().__init__()
         if strategy not in STRATEGIES:
@@ -62,6 +65,11 @@ class FusionModel(nn.Module):
         m = len(dims)
         self.lexical = (
             LexicalBag(lexical_vocab, hidden) if lexical_vocab and "text" in dims else None
+        )
+        # the video temporal model (attention pooling over frame embeddings), trained
+        # here end to end and exported as the bundle's video encoder
+        self.temporal = (
+            build_attention_pooling(dims["video"]) if temporal and "video" in dims else None
         )
         if strategy == "early":
             self.early_in = nn.Linear(sum(dims.values()) + m, hidden)
@@ -104,8 +112,19 @@ class FusionModel(nn.Module):
         parts: list[torch.Tensor],
         presence: torch.Tensor,
         tokens: tuple[torch.Tensor, torch.Tensor] | None = None,
+        video: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Raw head outputs and the fused hidden state."""
+        """Raw head outputs and the fused hidden state. ``video`` (frame embeddings
+        ``(batch, frames, dim)``, has-video ``(batch,)``) replaces the cached video
+        embedding by the temporal model's, as the worker computes it."""
+        if self.temporal is not None and video is not None:
+            frames, has = video
+            pooled = F.normalize(
+                self.temporal(frames, (frames.abs().sum(-1) > 0).to(frames.dtype)), dim=-1
+            )
+            v = self.modalities.index("video")
+            parts = list(parts)
+            parts[v] = torch.where(has.unsqueeze(-1), pooled, parts[v])
         parts = self._masked(parts, presence)
         valid = presence > 0
         lexical = self._lexical(presence, tokens)

@@ -31,6 +31,12 @@ def _plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> N
     plt.close(fig)
 
 
+def _metric_name(comparison: str) -> str:
+    if "recall" in comparison:
+        return "recall"
+    return "accuracy" if "video" in comparison else "macro-F1"
+
+
 def _plot_bars(values: dict[str, float], title: str, path: Path) -> None:
     import matplotlib
 
@@ -41,7 +47,7 @@ def _plot_bars(values: dict[str, float], title: str, path: Path) -> None:
     names = list(values)
     ax.barh(names, [values[n] for n in names], color="#4477aa")
     ax.set_xlim(0, 1)
-    ax.set_xlabel("recall" if "recall" in title else "macro-F1")
+    ax.set_xlabel(_metric_name(title))
     ax.set_title(title)
     for k, n in enumerate(names):
         ax.text(values[n] + 0.01, k, f"{values[n]:.3f}", va="center")
@@ -108,7 +114,7 @@ def write_report(
             "",
             f"## {name.replace('_', ' ').capitalize()}",
             "",
-            f"| run | {'recall' if 'recall' in name else 'macro-F1'} |",
+            f"| run | {_metric_name(name)} |",
             "|---|---|",
         ]
         lines += [f"| {k} | {v:.3f} |" for k, v in values.items()]

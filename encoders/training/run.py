@@ -110,6 +110,14 @@ def run_training(
                 "macro_f1_missing"
             ],
         }
+    if compare and main.model.temporal is not None:
+        mean = train(cache, replace(config, train_temporal=False), progress=False).metrics
+        comparisons["video_temporal_model"] = {
+            "mean pooling (untrained), accuracy on posts with video": mean["accuracy_with_video"],
+            "attention pooling (trained), accuracy on posts with video": main.metrics[
+                "accuracy_with_video"
+            ],
+        }
     if compare and config.distill_from:
         alone = train(cache, replace(config, distill_from=None), progress=False).metrics
         teacher = train(

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from streams.sample_media import make_audio
+from streams.sample_media import make_audio, make_video
 
 CLASSES: dict[str, dict[str, object]] = {
     "sports": {
@@ -65,10 +65,13 @@ SENTIMENT_WORDS = {
     "neutral": ["today", "update", "noted", "again"],
 }
 NEUTRAL_TEXT = ["check this out", "new post", "what do you think", "look at this", "sharing this"]
-EVIDENCE = ["text", "image", "audio", "text+image", "image+audio", "all"]
-# Half the posts carry agreeing evidence in every modality (as the picture and caption of
-# most real posts agree); the rest only in one or two, so fusion has something to add.
+EVIDENCE = ["text", "image", "audio", "video", "text+image", "image+audio", "all"]
+# About half the posts carry agreeing evidence in text, image and audio (as the picture
+# and caption of most real posts agree); the rest only in one or two, so fusion has
+# something to add. Video evidence is one frame in six: mean pooling dilutes it, a
+# trained temporal model need not.
 DEFAULT_EVIDENCE_WEIGHTS = {"all": 0.5} | {e: 0.1 for e in EVIDENCE if e != "all"}
+VIDEO_FRAMES = 6
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,17 @@ def _image(category: str | None, rng: random.Random, size: int = 96) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()
+
+
+def _video(category: str, rng: random.Random, size: int = 96) -> tuple[bytes, int]:
+    """A 1 fps MP4 of :data:`VIDEO_FRAMES` pictures: one shows ``category``, the others
+    are noise. Returns the video and the evidence frame's index."""
+    evidence = rng.randrange(VIDEO_FRAMES)
+    frames = []
+    for k in range(VIDEO_FRAMES):
+        png = _image(category if k == evidence else None, rng, size)
+        frames.append(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
+    return make_video("mp4", fps=1, size=(size, size), frames=frames), evidence
 
 
 def _audio(category: str | None, rng: random.Random, seconds: float = 1.0) -> bytes:
@@ -174,6 +188,10 @@ def generate(
                     "data_b64": _b64(_audio(category if "audio" in has else None, rng)),
                 }
             )
+        evidence_frame = None
+        if "video" in has:
+            clip, evidence_frame = _video(category, rng)
+            media.append({"kind": "video", "data_b64": _b64(clip)})
         has_image = any(m["kind"] == "image" for m in media)
         log_likes = (
             float(CLASSES[category]["base_likes"])  # type: ignore[arg-type]
@@ -201,6 +219,7 @@ def generate(
                 "category": category,
                 "sentiment": sentiment,
                 "evidence": evidence,
+                **({"video_evidence_frame": evidence_frame} if evidence_frame is not None else {}),
                 "synthetic": True,
             },
         }

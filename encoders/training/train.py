@@ -20,7 +20,14 @@ from sklearn.metrics import confusion_matrix, f1_score, mean_absolute_error, rec
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from encoders.bundle import MANIFEST, FusionEntry, Manifest, load_manifest, sha256_file
+from encoders.bundle import (
+    MANIFEST,
+    EncoderEntry,
+    FusionEntry,
+    Manifest,
+    load_manifest,
+    sha256_file,
+)
 from encoders.export import check_parity, export_module
 from encoders.registry import EncoderSpec, ExportSpec
 from encoders.training.data import SENTIMENTS, EmbeddingCache
@@ -58,6 +65,7 @@ class TrainConfig:
     distill_temperature: float = 2.0
     lexical: bool = True  # token-bag (TF-IDF weighted) input to the text branch
     select_on_validation: bool = True  # keep the epoch with the best validation macro-F1
+    train_temporal: bool = True  # learn the video temporal model from cached frames
 
     @classmethod
     def from_yaml(cls, path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -92,11 +100,21 @@ class Prepared:
     popularity: torch.Tensor
     popularity_known: torch.Tensor
     tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+    video: tuple[torch.Tensor, torch.Tensor] | None = None  # (row -> clip index, clips)
 
     def rows(self, b: torch.Tensor, presence: torch.Tensor) -> dict[str, Any]:
         """Model inputs of the rows ``b`` with the given presence mask."""
         tokens = None if self.tokens is None else (self.tokens[0][b], self.tokens[1][b])
-        return {"parts": [p[b] for p in self.parts], "presence": presence, "tokens": tokens}
+        video = None
+        if self.video is not None:
+            index = self.video[0][b]
+            video = (self.video[1][index.clamp(min=0)], index >= 0)
+        return {
+            "parts": [p[b] for p in self.parts],
+            "presence": presence,
+            "tokens": tokens,
+            "video": video,
+        }
 
 
 def _token_bags(cache: EmbeddingCache, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,12 +137,23 @@ def uses_lexical(cache: EmbeddingCache, config: TrainConfig) -> bool:
     )
 
 
+def uses_temporal(cache: EmbeddingCache, config: TrainConfig) -> bool:
+    """Whether the video temporal model trains (configured, and the cache has frames)."""
+    return (
+        config.train_temporal
+        and "video" in config.modalities
+        and cache.video_frames is not None
+        and "video_index" in cache.extra
+    )
+
+
 def prepare(
     cache: EmbeddingCache,
     rows: np.ndarray,
     modalities: list[str],
     labels: list[str],
     lexical: bool = False,
+    temporal: bool = False,
 ) -> Prepared:
     """Select ``rows`` and the used modalities (others zeroed and marked absent)."""
     presence = cache.presence[rows].copy()
@@ -142,6 +171,14 @@ def prepare(
         popularity=torch.from_numpy(np.nan_to_num(pop).astype(np.float32)),
         popularity_known=torch.from_numpy(np.isfinite(pop)),
         tokens=_token_bags(cache, rows) if lexical else None,
+        video=(
+            (
+                torch.from_numpy(cache.extra["video_index"][rows].astype(np.int64)),
+                torch.from_numpy(cache.video_frames.astype(np.float32)),
+            )
+            if temporal and cache.video_frames is not None
+            else None
+        ),
     )
 
 
@@ -200,7 +237,8 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
     labels = sorted(set(cache.category.tolist()))
     train_rows = np.flatnonzero(cache.split == 0)
     lexical = uses_lexical(cache, config)
-    data = prepare(cache, train_rows, config.modalities, labels, lexical)
+    temporal = uses_temporal(cache, config)
+    data = prepare(cache, train_rows, config.modalities, labels, lexical, temporal)
     if config.distill_from:
         teacher = train(
             cache, replace(config, strategy=config.distill_from, distill_from=None), progress=False
@@ -223,6 +261,7 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
         config.embed_dim,
         config.dropout,
         lexical_vocab=cache.text_vocab_size if lexical else 0,
+        temporal=temporal,
     )
     if model.lexical is not None and data.tokens is not None:
         model.lexical.fit_idf(*data.tokens)
@@ -236,7 +275,7 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
     generator = torch.Generator().manual_seed(config.seed)
     validation_rows = np.flatnonzero(cache.split == 1)
     validation = (
-        prepare(cache, validation_rows, config.modalities, labels, lexical)
+        prepare(cache, validation_rows, config.modalities, labels, lexical, temporal)
         if config.select_on_validation and len(validation_rows)
         else None
     )
@@ -312,7 +351,12 @@ def evaluate(result: TrainResult, cache: EmbeddingCache, split: int = 2) -> dict
     missing-modality pattern, and macro-F1 with ``test_missing_rate`` of modalities dropped."""
     rows = np.flatnonzero(cache.split == split)
     data = prepare(
-        cache, rows, result.config.modalities, result.labels, result.model.lexical is not None
+        cache,
+        rows,
+        result.config.modalities,
+        result.labels,
+        result.model.lexical is not None,
+        result.model.temporal is not None,
     )
     return score_predictions(
         lambda d: predict(result, d),
@@ -378,6 +422,10 @@ def score_predictions(
     metrics["accuracy_by_pattern"] = {
         k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(patterns.items())
     }
+    if "video" in modalities:
+        with_video = data.presence.numpy()[:, modalities.index("video")] > 0
+        if with_video.any():
+            metrics["accuracy_with_video"] = float(np.mean((pred["category"] == y)[with_video]))
     generator = torch.Generator().manual_seed(seed + 1)
     scores = []
     for _ in range(10):  # average over random masks: one mask on a small test split is noisy
@@ -408,6 +456,26 @@ def compare_imbalance(
         f"imbalance_{ratio:g}to1_minority_recall": recall,
         f"imbalance_{ratio:g}to1_macro_f1": macro,
     }
+
+
+def _export_temporal(temporal: torch.nn.Module, base: Manifest, staging: Path) -> EncoderEntry:
+    """The trained video temporal model replaces the bundle's, through the checked export
+    path (same names and shapes as the untrained one, so the worker runs it unchanged)."""
+    from encoders.video import ATTENTION_POOLING
+
+    entry = base.encoders["video"]
+    spec = replace(ATTENTION_POOLING, version=f"{entry.name}@trained")
+    temporal = temporal.eval()
+    path = staging / entry.file
+    export_module(temporal, spec, path)
+    parity = check_parity(temporal, spec, path)
+    return entry.model_copy(
+        update={
+            "version": spec.version,
+            "source": "postpulse attention pooling, trained with the fusion model",
+            "parity_max_abs_diff": parity.max_abs_diff,
+        }
+    )
 
 
 def export_trained_bundle(
@@ -493,6 +561,9 @@ def export_trained_bundle(
     (staging / MANIFEST).unlink()
     export_module(serving, spec, staging / "fusion" / "model.onnx")
     report = check_parity(serving, spec, staging / "fusion" / "model.onnx")
+    encoders = dict(base.encoders)
+    if model.temporal is not None:
+        encoders["video"] = _export_temporal(model.temporal, base, staging)
     files = {
         str(p.relative_to(staging)): sha256_file(p)
         for p in sorted(staging.rglob("*"))
@@ -517,6 +588,7 @@ def export_trained_bundle(
             "labels": {"category": result.labels, "sentiment": SENTIMENTS},
             "metrics": {**result.metrics, **(extra_metrics or {})},
             "files": files,
+            "encoders": encoders,
         }
     )
     (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
@@ -559,6 +631,18 @@ def evaluate_bundle(
     model = OnnxModel(bundle / manifest.fusion.file)
     lexical = "text_token_ids" in model.input_names
     data = prepare(cache, rows, cache.modalities, labels, lexical)
+    if cache.video_frames is not None and "video_index" in cache.extra:
+        # videos through the bundle's own temporal model, as the worker does
+        temporal = OnnxModel(bundle / manifest.encoders["video"].file)
+        index = cache.extra["video_index"][rows]
+        has = np.flatnonzero(index >= 0)
+        if len(has):
+            frames = cache.video_frames[index[has]].astype(np.float32)
+            mask = (np.abs(frames).sum(-1) > 0).astype(np.float32)
+            pooled = temporal.run({"frame_embeddings": frames, "frame_mask": mask})[0]
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            video = data.parts[cache.modalities.index("video")]
+            video[torch.from_numpy(has)] = torch.from_numpy(pooled.astype(np.float32))
 
     def predict_onnx(d: Prepared) -> dict[str, np.ndarray]:
         outputs: dict[str, list[np.ndarray]] = {}

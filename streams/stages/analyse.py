@@ -72,6 +72,7 @@ class EmbeddedBatch:
     ocr_texts: dict[int, str]
     speech: dict[int, float]
     tokens: TokenBags  # the texts' token bags (lexical input of trained fusion models)
+    video_frames: dict[int, np.ndarray]  # post row -> its first video's frame embeddings
 
 
 @dataclass
@@ -143,7 +144,8 @@ class PostAnalyser:
         presence = np.zeros((n, len(modalities)), dtype=np.float32)
         parts = {m: np.zeros((n, bundle.dim_of(m)), dtype=np.float32) for m in modalities}
 
-        pictures = self._pictures(batch, parts, presence, timer)
+        video_frames: dict[int, np.ndarray] = {}
+        pictures = self._pictures(batch, parts, presence, timer, video_frames)
         speech, transcripts = self._audio(batch, parts, presence, timer)
         ocr_texts = self._ocr(batch, pictures, timer)
         texts = [
@@ -161,7 +163,9 @@ class PostAnalyser:
             presence[text_idx, modalities.index("text")] = 1.0
         timer.encoders["text"] = time.perf_counter() - start
         timer.encoder_items["text"] = len(text_idx)
-        return EmbeddedBatch(parts, presence, texts, transcripts, ocr_texts, speech, tokens)
+        return EmbeddedBatch(
+            parts, presence, texts, transcripts, ocr_texts, speech, tokens, video_frames
+        )
 
     def __call__(self, batch: list[DecodedPost], timer: StageTimer) -> list[AnalysedPost]:
         """Analyse a batch: each encoder runs once over all the batch's items."""
@@ -246,9 +250,11 @@ class PostAnalyser:
         parts: dict[str, np.ndarray],
         presence: np.ndarray,
         timer: StageTimer,
+        video_frames: dict[int, np.ndarray] | None = None,
     ) -> list[tuple[int, int, Image.Image]]:
         """Images and sampled video frames through one image-encoder batch, then the
-        temporal model over each video's frames. Returns (post, video or -1, picture)."""
+        temporal model over each video's frames. Returns (post, video or -1, picture);
+        fills ``video_frames`` with each post's first video's frame embeddings."""
         bundle, modalities = self.bundle, self.bundle.modalities
         start = time.perf_counter()
         pictures: list[tuple[int, int, Image.Image]] = []
@@ -275,6 +281,8 @@ class PostAnalyser:
                 if v >= 0:
                     rows_of.setdefault((i, v), []).append(k)
             keys = sorted(rows_of)
+            if video_frames is not None:
+                video_frames.update({i: features[rows_of[(i, v)]] for i, v in keys if v == 0})
             if keys:
                 per_video = [features[rows_of[key]] for key in keys]
                 videos = l2_normalize(bundle.video.encode(per_video))

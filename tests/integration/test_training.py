@@ -71,7 +71,7 @@ def test_fusion_beats_single_modalities_and_survives_missing_ones(
 
 
 def test_evaluate_scores_the_exported_bundle_as_training_did(
-    trained: dict[str, object], tmp_path: Path
+    trained: dict[str, object], bundle_path: Path, tmp_path: Path
 ) -> None:
     from streams.cli import main
 
@@ -81,7 +81,13 @@ def test_evaluate_scores_the_exported_bundle_as_training_did(
     trained_metrics = trained["metrics"]
     assert isinstance(trained_metrics, dict)
     assert labels == load_manifest(bundle).labels["category"]
-    # ONNX Runtime on the exported graph reproduces the PyTorch evaluation
+    # the video temporal model was trained too and replaces the bundle's untrained one
+    manifest, base = load_manifest(bundle), load_manifest(bundle_path)
+    assert manifest.encoders["video"].version.endswith("@trained")
+    assert manifest.files["video/model.onnx"] != base.files["video/model.onnx"]
+    assert "video_temporal_model" in trained["comparisons"]  # type: ignore[operator]
+    # ONNX Runtime on the exported graphs (fusion, and the temporal model over the cached
+    # frames) reproduces the PyTorch evaluation
     assert metrics["test_posts"] == trained_metrics["test_posts"]
     assert abs(metrics["macro_f1"] - trained_metrics["macro_f1"]) <= 0.01
     assert abs(metrics["popularity_spearman"] - trained_metrics["popularity_spearman"]) <= 0.01
