@@ -67,6 +67,7 @@ class FusionEntry(BaseModel):
     trained: bool
     description: str
     file: str | None = None
+    multi_label: bool = False  # category_probs are independent (sigmoid) probabilities
 
 
 class Manifest(BaseModel):

@@ -27,6 +27,15 @@ from streams.stages.decode import DecodedPost
 from streams.stages.validate import ValidatedPost
 
 SENTIMENTS = ["negative", "neutral", "positive"]
+LABEL_SEPARATOR = "|"  # a multi-label post's categories, joined in the cache
+
+
+def category_labels(categories: np.ndarray | list[str]) -> list[str]:
+    """The sorted category names in a cache's category column (multi-label rows are
+    ``a|b``)."""
+    return sorted({c for value in categories for c in str(value).split(LABEL_SEPARATOR)})
+
+
 _PLACEHOLDERS = re.compile(r"(?<!\S)(?:http|@user)(?!\S)")  # what normalize_social leaves
 
 
@@ -331,7 +340,12 @@ def build_cache(
     for decoded, text in zip(decoded_posts, texts, strict=True):
         post = decoded.validated.post
         labels = post.labels or {}
-        categories.append(str(labels.get("category", "unknown")))
+        category = labels.get("category", "unknown")
+        categories.append(
+            LABEL_SEPARATOR.join(sorted({str(c) for c in category}))
+            if isinstance(category, list) and category
+            else str(category)
+        )
         given = labels.get("sentiment")
         sentiments.append(
             str(given)
@@ -404,7 +418,7 @@ def skew_training_split(cache: EmbeddingCache, ratio: float, seed: int = 0) -> E
     geometrically from the most to the least common class by ``ratio`` (e.g. 100:1);
     validation and test rows are untouched, so minority recall stays measurable."""
     rng = np.random.default_rng(seed)
-    labels = sorted(set(cache.category.tolist()))
+    labels = category_labels(cache.category)
     train = cache.split == 0
     keep = ~train
     base = min(int((train & (cache.category == c)).sum()) for c in labels)

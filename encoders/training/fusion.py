@@ -56,8 +56,10 @@ class FusionModel(nn.Module):
         dropout: float = 0.1,
         lexical_vocab: int = 0,
         temporal: bool = False,
+        multi_label: bool = False,
     ) -> None:
         super().__init__()
+        self.multi_label = multi_label
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
         self.modalities = list(dims)
@@ -182,7 +184,9 @@ class FusionModel(nn.Module):
         out = self.logits(list(parts), presence, tokens)
         return (
             out["embedding"],
-            torch.softmax(out["category"], dim=-1),
+            torch.sigmoid(out["category"])
+            if self.multi_label
+            else torch.softmax(out["category"], dim=-1),
             torch.softmax(out["sentiment"], dim=-1),
             out["popularity"].unsqueeze(-1),
         )

@@ -86,7 +86,7 @@ def run_training(
                 for m in modalities
             }
         )
-        if "text" in single and cache.texts is not None:
+        if "text" in single and cache.texts is not None and not config.multi_label:
             baseline = tfidf_logistic_regression(cache)
             comparisons["text_head_vs_tfidf"] = {
                 "text head (fusion model, text only)": single["text"]["macro_f1"],

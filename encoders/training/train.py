@@ -30,7 +30,7 @@ from encoders.bundle import (
 )
 from encoders.export import check_parity, export_module
 from encoders.registry import EncoderSpec, ExportSpec
-from encoders.training.data import SENTIMENTS, EmbeddingCache
+from encoders.training.data import LABEL_SEPARATOR, SENTIMENTS, EmbeddingCache, category_labels
 from encoders.training.fusion import FusionModel, focal_loss, modality_dropout
 
 IMBALANCE_METHODS = ("none", "class_weighted", "focal", "oversample", "undersample")
@@ -66,6 +66,7 @@ class TrainConfig:
     lexical: bool = True  # token-bag (TF-IDF weighted) input to the text branch
     select_on_validation: bool = True  # keep the epoch with the best validation macro-F1
     train_temporal: bool = True  # learn the video temporal model from cached frames
+    multi_label: bool = False  # posts may have several categories (labels.category a list)
 
     @classmethod
     def from_yaml(cls, path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -95,7 +96,8 @@ class Prepared:
 
     parts: list[torch.Tensor]
     presence: torch.Tensor
-    category: torch.Tensor
+    category: torch.Tensor  # (n,) the primary (first) category
+    category_multi: torch.Tensor  # (n, categories) multi-hot
     sentiment: torch.Tensor
     popularity: torch.Tensor
     popularity_known: torch.Tensor
@@ -137,6 +139,14 @@ def uses_lexical(cache: EmbeddingCache, config: TrainConfig) -> bool:
     )
 
 
+def _multi_hot(categories: np.ndarray, labels: list[str]) -> torch.Tensor:
+    out = torch.zeros((len(categories), len(labels)))
+    for i, value in enumerate(categories):
+        for c in str(value).split(LABEL_SEPARATOR):
+            out[i, labels.index(c)] = 1.0
+    return out
+
+
 def uses_temporal(cache: EmbeddingCache, config: TrainConfig) -> bool:
     """Whether the video temporal model trains (configured, and the cache has frames)."""
     return (
@@ -164,7 +174,11 @@ def prepare(
     return Prepared(
         parts=[torch.from_numpy(cache.parts[m][rows].astype(np.float32)) for m in cache.modalities],
         presence=torch.from_numpy(presence.astype(np.float32)),
-        category=torch.tensor([labels.index(c) for c in cache.category[rows]], dtype=torch.long),
+        category=torch.tensor(
+            [labels.index(str(c).split(LABEL_SEPARATOR)[0]) for c in cache.category[rows]],
+            dtype=torch.long,
+        ),
+        category_multi=_multi_hot(cache.category[rows], labels),
         sentiment=torch.tensor(
             [SENTIMENTS.index(s) for s in cache.sentiment[rows]], dtype=torch.long
         ),
@@ -234,7 +248,12 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
     ``distill_from`` a teacher of that strategy is trained first and the model also
     matches the teacher's softened category distribution (knowledge distillation)."""
     teacher_probs: torch.Tensor | None = None
-    labels = sorted(set(cache.category.tolist()))
+    labels = category_labels(cache.category)
+    multi = config.multi_label
+    if not multi and any(LABEL_SEPARATOR in str(c) for c in cache.category):
+        raise ValueError("some posts have several categories: set multi_label: true")
+    if multi and (config.distill_from or config.imbalance == "focal"):
+        raise ValueError("multi_label supports imbalance none/class_weighted/over/undersample")
     train_rows = np.flatnonzero(cache.split == 0)
     lexical = uses_lexical(cache, config)
     temporal = uses_temporal(cache, config)
@@ -262,6 +281,7 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
         config.dropout,
         lexical_vocab=cache.text_vocab_size if lexical else 0,
         temporal=temporal,
+        multi_label=multi,
     )
     if model.lexical is not None and data.tokens is not None:
         model.lexical.fit_idf(*data.tokens)
@@ -271,6 +291,12 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
     class_weight = None
     if config.imbalance in ("class_weighted", "focal"):
         class_weight = torch.from_numpy(len(y) / (len(labels) * np.maximum(counts, 1.0)))
+    positives = data.category_multi.sum(dim=0)
+    pos_weight = (  # multi-label, cost-sensitive: each label's negatives per positive
+        (len(y) - positives) / positives.clamp(min=1.0)
+        if multi and config.imbalance == "class_weighted"
+        else None
+    )
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     validation_rows = np.flatnonzero(cache.split == 1)
@@ -288,7 +314,11 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
             b = torch.from_numpy(order[start : start + config.batch_size])
             presence = modality_dropout(data.presence[b], config.modality_dropout, generator)
             out = model.logits(**data.rows(b, presence))
-            if config.imbalance == "focal":
+            if multi:
+                loss = F.binary_cross_entropy_with_logits(
+                    out["category"], data.category_multi[b], pos_weight=pos_weight
+                )
+            elif config.imbalance == "focal":
                 loss = focal_loss(out["category"], data.category[b], weight=class_weight)
             else:
                 loss = F.cross_entropy(out["category"], data.category[b], weight=class_weight)
@@ -300,8 +330,9 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
                 student = F.log_softmax(out["category"] / t, dim=-1)
                 kd = F.kl_div(student, teacher_probs[b], reduction="batchmean") * t * t
                 loss = loss + config.distill_weight * kd
+            targets = data.category_multi[b]  # clusters by category (all of a post's)
             loss = loss + config.embedding_weight * F.cross_entropy(
-                out["embedding_logits"], data.category[b]
+                out["embedding_logits"], targets / targets.sum(dim=1, keepdim=True)
             )
             known_b = data.popularity_known[b]
             if known_b.any():
@@ -327,11 +358,25 @@ def train(cache: EmbeddingCache, config: TrainConfig, progress: bool = True) -> 
     return result
 
 
+def decide_labels(scores: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Multi-hot decisions from category probabilities (or logits, ``multi_label`` uses
+    sigmoid probabilities): the top category, and with ``multi_label`` every category
+    over 0.5 too."""
+    out = np.zeros(scores.shape, dtype=bool)
+    out[np.arange(len(scores)), scores.argmax(axis=1)] = True
+    if multi_label:
+        out |= scores > 0.5
+    return out
+
+
 def _macro_f1(model: FusionModel, data: Prepared) -> float:
     with torch.no_grad():
         everything = torch.arange(len(data.category))
-        predicted = model.logits(**data.rows(everything, data.presence))["category"].argmax(1)
-    return float(f1_score(data.category.numpy(), predicted.numpy(), average="macro"))
+        logits = model.logits(**data.rows(everything, data.presence))["category"]
+        scores = torch.sigmoid(logits) if model.multi_label else logits
+    decided = decide_labels(scores.numpy(), model.multi_label)
+    truth = data.category_multi.numpy().astype(bool)
+    return float(f1_score(truth, decided, average="macro", zero_division=0))
 
 
 def predict(result: TrainResult, data: Prepared) -> dict[str, np.ndarray]:
@@ -339,8 +384,11 @@ def predict(result: TrainResult, data: Prepared) -> dict[str, np.ndarray]:
     with torch.no_grad():
         everything = torch.arange(len(data.category))
         out = result.model.logits(**data.rows(everything, data.presence))
+    multi = result.model.multi_label
+    scores = (torch.sigmoid(out["category"]) if multi else out["category"]).numpy()
     return {
-        "category": out["category"].argmax(dim=1).numpy(),
+        "category": scores.argmax(axis=1),
+        "category_multi": decide_labels(scores, multi),
         "sentiment": out["sentiment"].argmax(dim=1).numpy(),
         "popularity": out["popularity"].numpy() * result.popularity_std + result.popularity_mean,
     }
@@ -365,6 +413,7 @@ def evaluate(result: TrainResult, cache: EmbeddingCache, split: int = 2) -> dict
         cache.modalities,
         result.config.test_missing_rate,
         result.config.seed,
+        result.model.multi_label,
     )
 
 
@@ -375,35 +424,44 @@ def score_predictions(
     modalities: list[str],
     test_missing_rate: float = 0.7,
     seed: int = 0,
+    multi_label: bool = False,
 ) -> dict[str, Any]:
     """Every evaluation metric of a predictor (a trained PyTorch model or an exported
-    bundle's ONNX fusion model) on one prepared split."""
+    bundle's ONNX fusion model) on one prepared split. Multi-label: F1 and recall per
+    category over the multi-hot decisions; the confusion matrix and accuracies use the
+    primary (first) category."""
     pred = predict_fn(data)
     y = data.category.numpy()
+    truth_multi = data.category_multi.numpy().astype(bool)
+
+    def macro_f1(p: dict[str, np.ndarray]) -> float:
+        if multi_label:
+            return float(
+                f1_score(truth_multi, p["category_multi"], average="macro", zero_division=0)
+            )
+        return float(f1_score(y, p["category"], average="macro"))
+
+    every = list(range(len(labels)))
+    truth, decided = (truth_multi, pred["category_multi"]) if multi_label else (y, pred["category"])
     metrics: dict[str, Any] = {
         "test_posts": len(y),
-        "macro_f1": float(f1_score(y, pred["category"], average="macro")),
+        "multi_label": multi_label,
+        "macro_f1": macro_f1(pred),
         "per_class_f1": dict(
             zip(
                 labels,
-                f1_score(y, pred["category"], average=None, labels=range(len(labels))).tolist(),
+                f1_score(truth, decided, average=None, labels=every, zero_division=0).tolist(),
                 strict=True,
             )
         ),
         "per_class_recall": dict(
             zip(
                 labels,
-                recall_score(
-                    y,
-                    pred["category"],
-                    average=None,
-                    labels=range(len(labels)),
-                    zero_division=0,
-                ).tolist(),
+                recall_score(truth, decided, average=None, labels=every, zero_division=0).tolist(),
                 strict=True,
             )
         ),
-        "confusion": confusion_matrix(y, pred["category"], labels=range(len(labels))).tolist(),
+        "confusion": confusion_matrix(y, pred["category"], labels=every).tolist(),
         "sentiment_macro_f1": float(
             f1_score(data.sentiment.numpy(), pred["sentiment"], average="macro")
         ),
@@ -431,7 +489,7 @@ def score_predictions(
     for _ in range(10):  # average over random masks: one mask on a small test split is noisy
         presence = modality_dropout(data.presence, test_missing_rate, generator)
         degraded = replace(data, presence=presence)
-        scores.append(float(f1_score(y, predict_fn(degraded)["category"], average="macro")))
+        scores.append(macro_f1(predict_fn(degraded)))
     metrics["macro_f1_missing"] = float(np.mean(scores))
     return metrics
 
@@ -445,7 +503,9 @@ def compare_imbalance(
     from encoders.training.data import skew_training_split
 
     skewed = skew_training_split(cache, ratio, config.seed)
-    minority = sorted(set(cache.category.tolist()))[-1]
+    if config.multi_label:
+        raise ValueError("the imbalance comparison needs single-label categories")
+    minority = category_labels(cache.category)[-1]
     recall, macro = {}, {}
     for method in IMBALANCE_METHODS:
         metrics = train(skewed, replace(config, imbalance=method), progress=False).metrics
@@ -581,6 +641,7 @@ def export_trained_bundle(
                 modalities=modalities,
                 dim=result.config.embed_dim,
                 trained=True,
+                multi_label=model.multi_label,
                 description=f"Trained {result.config.strategy} fusion with category, sentiment and popularity heads "
                 f"(parity max|diff| {max(report.max_abs_diff.values()):.2g}).",
                 file="fusion/model.onnx",
@@ -624,8 +685,9 @@ def evaluate_bundle(
             f"bundle modalities {manifest.fusion.modalities} != cache {cache.modalities}"
         )
     labels = list(manifest.labels["category"])
+    multi_label = manifest.fusion.multi_label
     rows = np.flatnonzero(cache.split == split)
-    unknown = sorted(set(cache.category[rows].tolist()) - set(labels))
+    unknown = sorted(set(category_labels(cache.category[rows])) - set(labels))
     if unknown:
         raise ValueError(f"categories the bundle was not trained on: {unknown}")
     model = OnnxModel(bundle / manifest.fusion.file)
@@ -657,12 +719,14 @@ def evaluate_bundle(
             for name, value in zip(model.output_names, model.run(feed), strict=True):
                 outputs.setdefault(name, []).append(value)
         joined = {k: np.concatenate(v) for k, v in outputs.items()}
+        probs = joined["category_probs"]
         return {
-            "category": joined["category_probs"].argmax(axis=1),
+            "category": probs.argmax(axis=1),
+            "category_multi": decide_labels(probs, multi_label),
             "sentiment": joined["sentiment_probs"].argmax(axis=1),
             "popularity": joined["popularity"].reshape(-1),
         }
 
     return score_predictions(
-        predict_onnx, data, labels, cache.modalities, test_missing_rate, seed
+        predict_onnx, data, labels, cache.modalities, test_missing_rate, seed, multi_label
     ), labels

@@ -164,3 +164,57 @@ def test_worker_serves_the_trained_bundle(
     hits = find_similar(settings, text="great match goal team stadium", top_k=5)
     sports = sum(analyses[h.post_id].category == "sports" for h in hits)
     assert sports >= 3, [(h.post_id, analyses[h.post_id].category) for h in hits]
+
+
+def test_multi_label_bundle_exports_and_scores_like_training(
+    bundle_path: Path, tmp_path: Path
+) -> None:
+    """A multi-label model (posts with one or two categories) through the checked export
+    path: the bundle says multi_label, its ONNX graph gives independent probabilities,
+    and scoring the bundle reproduces the PyTorch evaluation."""
+    import numpy as np
+
+    from encoders.training.data import encoders_key
+    from encoders.training.train import export_trained_bundle, train
+
+    manifest = load_manifest(bundle_path)
+    dims = {m: manifest.encoders[m].dim for m in manifest.fusion.modalities}
+    rng = np.random.default_rng(4)
+    n, names = 600, ["a", "b", "c"]
+    centres = rng.normal(size=(3, dims["text"])) * 0.3
+    chosen = [sorted(rng.choice(3, size=int(rng.integers(1, 3)), replace=False)) for _ in range(n)]
+    text = np.array([centres[c].sum(0) + 0.1 * rng.normal(size=dims["text"]) for c in chosen])
+    categories = np.array(["|".join(names[k] for k in c) for c in chosen])
+    presence = np.zeros((n, len(dims)), np.float32)
+    presence[:, 0] = 1.0
+    from encoders.training.data import split
+
+    cache = EmbeddingCache(
+        post_ids=np.array([f"p{i}" for i in range(n)]),
+        parts={
+            m: (text if m == "text" else np.zeros((n, d))).astype(np.float32)
+            for m, d in dims.items()
+        },
+        presence=presence,
+        modalities=list(dims),
+        category=categories,
+        sentiment=np.array(["neutral"] * n),
+        popularity=rng.normal(3.0, 1.0, size=n).astype(np.float32),
+        created_at=np.arange(n),
+        split=split(categories.tolist(), 0),
+        encoders_key=encoders_key(manifest),
+        extra={},
+    )
+    result = train(cache, TrainConfig(epochs=20, multi_label=True), progress=False)
+    assert result.metrics["macro_f1"] >= 0.8
+    out = tmp_path / "bundle"
+    exported = export_trained_bundle(result, bundle_path, out)
+    assert exported.fusion.multi_label
+    metrics, labels = evaluate_bundle(out, cache)
+    assert labels == names
+    assert abs(metrics["macro_f1"] - result.metrics["macro_f1"]) <= 0.01
+    served = ServedBundle(out, ocr=False, stt=False)
+    rows = [i for i, c in enumerate(chosen) if len(c) == 2][:10]
+    heads = served.fusion_heads({m: cache.parts[m][rows] for m in dims}, presence[rows])
+    assert heads.category_probs is not None
+    assert (heads.category_probs.sum(axis=1) > 1.2).mean() > 0.5  # sigmoid, not softmax

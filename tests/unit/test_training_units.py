@@ -26,11 +26,17 @@ def gaussian_cache(
         names[0]: centres[np.repeat(np.arange(k), per_class)] + rng.normal(size=(n, dims[names[0]]))
     }
     parts |= {m: rng.normal(size=(n, dims[m])) for m in names[1:]}
+    return labelled_cache(parts, labels)
+
+
+def labelled_cache(parts: dict[str, np.ndarray], labels: np.ndarray) -> EmbeddingCache:
+    """A cache of ``parts`` (all present) with categories ``labels``, split stratified."""
+    n = len(labels)
     return EmbeddingCache(
         post_ids=np.array([f"p{i}" for i in range(n)]),
         parts={m: v.astype(np.float32) for m, v in parts.items()},
-        presence=np.ones((n, len(names)), np.float32),
-        modalities=names,
+        presence=np.ones((n, len(parts)), np.float32),
+        modalities=list(parts),
         category=labels,
         sentiment=np.array(["neutral"] * n),
         popularity=np.full(n, np.nan, np.float32),
@@ -257,3 +263,43 @@ def test_trained_temporal_model_finds_the_evidence_frame() -> None:
         scores = trained.model.temporal.score(x).squeeze(-1)
         weights = torch.softmax(scores, dim=-1).numpy()
     assert weights[np.arange(50), evidence[:50]].mean() > 1.25 / frames  # above uniform
+
+
+def multi_label_cache(seed: int = 0, n: int = 900, dim: int = 24) -> EmbeddingCache:
+    """Posts with one or two of four categories: embeddings are the sum of their
+    categories' centres plus noise."""
+    rng = np.random.default_rng(seed)
+    names = ["a", "b", "c", "d"]
+    centres = rng.normal(size=(4, dim)) * 1.5
+    categories, rows = [], []
+    for _ in range(n):
+        chosen = sorted(rng.choice(4, size=int(rng.integers(1, 3)), replace=False))
+        categories.append("|".join(names[k] for k in chosen))
+        rows.append(centres[chosen].sum(axis=0) + rng.normal(size=dim))
+    return labelled_cache({"text": np.array(rows)}, np.array(categories))
+
+
+def test_multi_label_categories() -> None:
+    from encoders.training.train import predict, prepare, train
+
+    cache = multi_label_cache()
+    config = TrainConfig(modalities=["text"], epochs=25, hidden=64, embed_dim=16, multi_label=True)
+    with pytest.raises(ValueError, match="multi_label"):
+        train(cache, TrainConfig(modalities=["text"], epochs=1), progress=False)
+    result = train(cache, config, progress=False)
+    assert result.labels == ["a", "b", "c", "d"] and result.metrics["multi_label"]
+    assert result.metrics["macro_f1"] >= 0.85, result.metrics["per_class_f1"]
+    # posts with two categories get both
+    two = np.array(["|" in c for c in cache.category])
+    rows = np.flatnonzero((cache.split == 2) & two)
+    decided = predict(result, prepare(cache, rows, ["text"], result.labels))["category_multi"]
+    truth = prepare(cache, rows, ["text"], result.labels).category_multi.numpy().astype(bool)
+    assert (decided & truth).sum() / truth.sum() >= 0.8
+    assert decided.sum(axis=1).mean() > 1.5  # mostly two labels, not just the top one
+    # the exported signature gives independent probabilities, not a softmax
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(cache.parts["text"][rows[:20]])
+        _emb, probs, _sent, _pop = result.model(x, torch.ones((20, 1)))
+    assert (probs.sum(dim=1) > 1.2).float().mean() > 0.5
