@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.run import bench_image_encoder, bench_text_encoder
+from benchmarks.run import bench_image_encoder, bench_text_encoder, bench_text_preprocessing
 from encoders.serving import ServedBundle
 
 
@@ -17,3 +17,13 @@ def test_encoder_benchmarks_compare_the_same_outputs(served_bundle: ServedBundle
         )
         ratio = result["onnx_batched_items_per_s"] / result["torch_eager_per_item_items_per_s"]
         assert abs(result["speedup"] - ratio) <= 1e-9 * ratio
+
+
+def test_text_preprocessing_benchmark_reports_consistent_shares(
+    served_bundle: ServedBundle,
+) -> None:
+    result = bench_text_preprocessing(served_bundle, 16, repeats=1)
+    assert result["texts"] == 16
+    parts = result["normalize_social_s"] + result["token_bags_s"]
+    assert parts > 0 and abs(result["share_of_text_path"] - parts / result["text_path_s"]) < 1e-9
+    assert result["slowdown_vs_without"] >= 1.0
