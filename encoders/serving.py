@@ -118,6 +118,10 @@ class ServedBundle:
             if fusion.file is None:
                 raise BundleError(f"bundle {path}: trained fusion without a model file")
             self.fusion_model = OnnxModel(path / fusion.file, device, intra_op_threads)
+        # a fusion model with a lexical text branch reads the texts' token bags
+        self.needs_token_bags = (
+            self.fusion_model is not None and "text_token_ids" in self.fusion_model.input_names
+        )
         self.version = self.manifest.bundle_version
         self.provider = self.text.model.provider
 
@@ -133,7 +137,7 @@ class ServedBundle:
             return FusionOutput(self.fuse(embeddings, presence))
         feed = {m: embeddings[m].astype(np.float32) for m in self.modalities}
         feed["presence"] = presence.astype(np.float32)
-        if "text_token_ids" in self.fusion_model.input_names:
+        if self.needs_token_bags:
             if tokens is None:
                 raise BundleError("this fusion model needs the texts' token bags")
             feed["text_token_ids"] = tokens.ids
@@ -162,7 +166,7 @@ class ServedBundle:
         presence = np.zeros((n, len(self.modalities)), dtype=np.float32)
         presence[:, self.modalities.index("text")] = 1.0
         parts = {m: np.zeros((n, self.dim_of(m)), dtype=np.float32) for m in self.modalities}
-        parts["text"], tokens = self.text.encode_with_tokens(texts)
+        parts["text"], tokens = self.text.encode_with_tokens(texts, bags=self.needs_token_bags)
         return self.fusion_heads(parts, presence, tokens).embedding
 
     def dim_of(self, modality: str) -> int:

@@ -160,19 +160,23 @@ class TextEncoder(BundleEncoder):
 
         Texts are sorted by length and run in chunks so padding stays short.
         """
-        return self.encode_with_tokens(texts, chunk)[0]
+        return self.encode_with_tokens(texts, chunk, bags=False)[0]
 
-    def encode_with_tokens(self, texts: list[str], chunk: int = 64) -> tuple[np.ndarray, TokenBags]:
-        """Embeddings and the texts' token bags (from the same tokenisation)."""
+    def encode_with_tokens(
+        self, texts: list[str], chunk: int = 64, bags: bool = True
+    ) -> tuple[np.ndarray, TokenBags]:
+        """Embeddings and the texts' token bags (from the same tokenisation); with
+        ``bags=False`` the bags are left empty (nothing downstream reads them)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        bags = TokenBags.empty(len(texts), self.tokenizer.max_tokens)
+        token_bags = TokenBags.empty(len(texts), self.tokenizer.max_tokens)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), chunk):
             idx = order[start : start + chunk]
             feed = self.tokenizer([texts[i] for i in idx])
             out[idx] = self.model.run(feed)[0]
-            bags.fill(idx, feed["input_ids"], self.tokenizer.special_ids)
-        return out, bags
+            if bags:
+                token_bags.fill(idx, feed["input_ids"], self.tokenizer.special_ids)
+        return out, token_bags
 
 
 # --- offline: the source model and its export spec -------------------------------------

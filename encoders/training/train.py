@@ -188,7 +188,7 @@ def prepare(
         video=(
             (
                 torch.from_numpy(cache.extra["video_index"][rows].astype(np.int64)),
-                torch.from_numpy(cache.video_frames.astype(np.float32)),
+                torch.from_numpy(cache.video_frames.astype(np.float32, copy=False)),
             )
             if temporal and cache.video_frames is not None
             else None
@@ -669,6 +669,7 @@ def evaluate_bundle(
     """Score a trained bundle's exported fusion model (ONNX Runtime, exactly what the
     worker runs) on one split of an embedding cache; returns the metrics and labels."""
     from encoders.runtime import OnnxModel
+    from encoders.serving import l2_normalize
     from encoders.training.data import encoders_key
     from encoders.training.errors import CacheMismatchError
 
@@ -701,8 +702,7 @@ def evaluate_bundle(
         if len(has):
             frames = cache.video_frames[index[has]].astype(np.float32)
             mask = (np.abs(frames).sum(-1) > 0).astype(np.float32)
-            pooled = temporal.run({"frame_embeddings": frames, "frame_mask": mask})[0]
-            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            pooled = l2_normalize(temporal.run({"frame_embeddings": frames, "frame_mask": mask})[0])
             video = data.parts[cache.modalities.index("video")]
             video[torch.from_numpy(has)] = torch.from_numpy(pooled.astype(np.float32))
 

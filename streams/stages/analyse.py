@@ -135,9 +135,12 @@ class PostAnalyser:
         self.category_vectors = bundle.text.encode(prompts)
         self.vader = SentimentIntensityAnalyzer()
 
-    def embed(self, batch: list[DecodedPost], timer: StageTimer) -> EmbeddedBatch:
+    def embed(
+        self, batch: list[DecodedPost], timer: StageTimer, token_bags: bool = True
+    ) -> EmbeddedBatch:
         """Per-modality embeddings and the presence mask of a batch (also what the
-        training embedding cache stores, so training never drifts from serving)."""
+        training embedding cache stores, so training never drifts from serving).
+        ``token_bags=False`` skips the texts' token bags (left empty)."""
         n = len(batch)
         bundle = self.bundle
         modalities = bundle.modalities
@@ -157,7 +160,9 @@ class PostAnalyser:
         text_idx = [i for i, t in enumerate(texts) if t]
         tokens = TokenBags.empty(n, bundle.text.tokenizer.max_tokens)
         if text_idx:
-            embedded, bags = bundle.text.encode_with_tokens([texts[i] for i in text_idx])
+            embedded, bags = bundle.text.encode_with_tokens(
+                [texts[i] for i in text_idx], bags=token_bags
+            )
             parts["text"][text_idx] = embedded
             tokens.ids[text_idx], tokens.counts[text_idx] = bags.ids, bags.counts
             presence[text_idx, modalities.index("text")] = 1.0
@@ -173,7 +178,7 @@ class PostAnalyser:
             return []
         bundle = self.bundle
         modalities = bundle.modalities
-        e = self.embed(batch, timer)
+        e = self.embed(batch, timer, token_bags=bundle.needs_token_bags)
         presence = e.presence
 
         start = time.perf_counter()
