@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from encoders.bundle import load_manifest
@@ -71,7 +73,9 @@ def run_training(
         if m in cache.modalities and cache.presence[:, cache.modalities.index(m)].any()
     ]
     config = replace(config, modalities=modalities)
+    started = time.monotonic()
     main = train(cache, config, progress=progress)
+    main_seconds = time.monotonic() - started
     comparisons: dict[str, dict[str, float]] = {}
     multimodal = len(modalities) > 1
     if compare:
@@ -99,16 +103,28 @@ def run_training(
             for s in ("early", "intermediate", "late")
         }
         comparisons["single_modality"] = {m: v["macro_f1"] for m, v in single.items()}
-        without = train(cache, replace(config, modality_dropout=0.0), **quiet).metrics
+        # the gap between the two is a few points: averaged over training seeds so that
+        # seed noise does not decide it
+        seeds = [config.seed + k for k in range(config.comparison_seeds)]
+        with_dropout = [main.metrics] + [
+            train(cache, replace(config, seed=s), **quiet).metrics for s in seeds[1:]
+        ]
+        without = [
+            train(cache, replace(config, seed=s, modality_dropout=0.0), **quiet).metrics
+            for s in seeds
+        ]
+
+        def average(runs: list[dict[str, Any]], key: str) -> float:
+            return float(np.mean([r[key] for r in runs]))
+
+        over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
+        dropped = f"{config.test_missing_rate:.0%} dropped"
+        rate = f"{config.modality_dropout:g}"
         comparisons["missing_modalities"] = {
-            f"modality dropout {config.modality_dropout:g}, all present": main.metrics["macro_f1"],
-            f"modality dropout {config.modality_dropout:g}, {config.test_missing_rate:.0%} dropped": main.metrics[
-                "macro_f1_missing"
-            ],
-            "no modality dropout, all present": without["macro_f1"],
-            f"no modality dropout, {config.test_missing_rate:.0%} dropped": without[
-                "macro_f1_missing"
-            ],
+            f"modality dropout {rate}, all present{over}": average(with_dropout, "macro_f1"),
+            f"modality dropout {rate}, {dropped}{over}": average(with_dropout, "macro_f1_missing"),
+            f"no modality dropout, all present{over}": average(without, "macro_f1"),
+            f"no modality dropout, {dropped}{over}": average(without, "macro_f1_missing"),
         }
     if compare and main.model.temporal is not None:
         mean = train(cache, replace(config, train_temporal=False), progress=False).metrics
@@ -151,4 +167,5 @@ def run_training(
         "report": str(report),
         "metrics": main.metrics,
         "comparisons": comparisons,
+        "train_seconds": main_seconds,
     }

@@ -65,12 +65,23 @@ SENTIMENT_WORDS = {
     "neutral": ["today", "update", "noted", "again"],
 }
 NEUTRAL_TEXT = ["check this out", "new post", "what do you think", "look at this", "sharing this"]
-EVIDENCE = ["text", "image", "audio", "video", "text+image", "image+audio", "all"]
-# Many posts carry agreeing evidence in text, image and audio (as the picture
-# and caption of most real posts agree); the rest only in one or two, so fusion has
-# something to add. Video evidence is one frame in six: mean pooling dilutes it, a
-# trained temporal model need not.
-DEFAULT_EVIDENCE_WEIGHTS = {"all": 0.3} | {e: 0.1 for e in EVIDENCE if e != "all"}
+EVIDENCE = ["text", "image", "audio", "video", "text+image", "image+audio", "text+audio", "all"]
+# Most posts carry redundant evidence: in text, image and audio at once (as the picture
+# and caption of most real posts agree) or in two of them; few are decidable from one
+# modality alone, so fusion has something to add and a model trained on complete posts
+# can lean on the strongest modality (the co-adaptation modality dropout counters).
+# Video evidence is one frame in six: mean pooling dilutes it, a trained temporal model
+# need not.
+DEFAULT_EVIDENCE_WEIGHTS = {
+    "all": 0.3,
+    "text+image": 0.13,
+    "image+audio": 0.13,
+    "text+audio": 0.1,
+    "video": 0.15,
+    "text": 0.05,
+    "image": 0.05,
+    "audio": 0.05,
+}
 VIDEO_FRAMES = 6
 # A modality without evidence is usually there anyway, as noise: training data is mostly
 # complete, the setting in which fusion co-adapts and modality dropout earns its keep.

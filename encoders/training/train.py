@@ -47,6 +47,7 @@ class TrainConfig:
     modalities: list[str] = field(default_factory=lambda: ["text", "image", "audio", "video"])
     imbalance: str = "class_weighted"
     modality_dropout: float = 0.3
+    comparison_seeds: int = 3  # training seeds averaged in the modality-dropout comparison
     hidden: int = 256
     embed_dim: int = 128
     dropout: float = 0.1
