@@ -25,11 +25,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# espeak-ng speaks the test sentences for the speech tests (Debian package)
+# Debian packages the tests use: espeak-ng speaks the test sentences for the speech
+# tests; prometheus (with promtool) scrapes a worker and checks the rules
 system-deps:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
 		echo "installing espeak-ng (apt-get)"; \
 		apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing prometheus (apt-get)"; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 $(BUNDLE)/manifest.json: $(STAMP) $(wildcard encoders/*.py)
 	$(BIN)/postpulse export --out $(BUNDLE)

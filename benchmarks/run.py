@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import media
+from benchmarks import media, trends
 from encoders.bundle import load_manifest
 from encoders.image import preprocess_image, synthetic_image
 from encoders.registry import get_encoder_spec
@@ -212,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     results["text_encoder"] = bench_text_encoder(served, args.texts)
     results["image_encoder"] = bench_image_encoder(served, args.images)
     results["text_preprocessing"] = bench_text_preprocessing(served, args.texts)
+    print("trends: topics stage, trend counting, hashtag memory ...")
+    results["trends"] = {
+        "topics_stage": trends.bench_topics_stage(served, 128),
+        "hashtag_memory": trends.bench_hashtag_memory(),
+    }
     print("media: decode paths, temporal model, speech embedding, speech to text, OCR ...")
     results["video_decode"] = media.bench_video_decode()
     results["audio_decode"] = media.bench_audio_decode()
@@ -257,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"text prep:     normalisation + token bags are {tp['share_of_text_path']:.1%} of the "
         f"text path (x{tp['slowdown_vs_without']:.3f} vs without)"
+    )
+    ts, hm = results["trends"]["topics_stage"], results["trends"]["hashtag_memory"]
+    print(
+        f"trends:        topics stage {ts['topics_share_of_batch']:.1%} of a batch; counting "
+        f"x{ts['counting_posts_per_s_vs_pipeline']:.1f} the pipeline's posts/s "
+        f"(x{ts['counting_vs_exact_in_memory']:.0f} the time of a bare in-memory count); "
+        f"space-saving memory x{hm['memory_ratio']:.3f} of an exact counter"
     )
     v, tm, se = results["video_decode"], results["temporal_model"], results["speech_embedding"]
     st, oc = results["speech_to_text"], results["ocr"]

@@ -83,6 +83,57 @@ class PipelineMetrics:
             registry=registry,
         )
 
+        # trends: topic label values are bounded (categories, the current top-K, "other")
+        self.topic_posts = Counter(
+            "postpulse_topic_posts",
+            "Posts counted toward a topic, by topic kind, topic and sentiment.",
+            ["kind", "topic", "sentiment"],
+            registry=registry,
+        )
+        self.trend_events = Counter(
+            "postpulse_trend_events",
+            "Trend events read, by outcome (counted, duplicate, late, malformed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.trend_score = Gauge(
+            "postpulse_trend_score",
+            "Trend score of the current top-K topics per window (standard deviations "
+            "above the topic's own baseline).",
+            ["window", "topic"],
+            registry=registry,
+        )
+        self.trend_rank = Gauge(
+            "postpulse_trend_rank",
+            "Rank (1 = most trending) of the current top-K topics per window.",
+            ["window", "topic"],
+            registry=registry,
+        )
+        self.trend_window_posts = Gauge(
+            "postpulse_trend_window_posts",
+            "Posts of the current top-K topics in the latest window.",
+            ["window", "topic"],
+            registry=registry,
+        )
+        self.hashtags_tracked = Gauge(
+            "postpulse_hashtags_tracked",
+            "Hashtags with window counts on this worker (bounded by the space-saving counter).",
+            registry=registry,
+        )
+        self.trend_watermark = Gauge(
+            "postpulse_trend_event_time_seconds",
+            "Newest post time (created_at) counted in trends on this worker.",
+            registry=registry,
+        )
+
+        # known label values start at 0, so dashboards and alerts see the series at once
+        for outcome in ("analysed", "dead_lettered"):
+            self.posts.labels(outcome)
+        for sink in ("milvus", "analyses", "dead_letters", "trend_events"):
+            self.sink_retries.labels(sink)
+        for outcome in ("counted", "duplicate", "late", "malformed"):
+            self.trend_events.labels(outcome)
+
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)

@@ -21,8 +21,16 @@ from exporters.prometheus import CONTENT_TYPE, PipelineMetrics
 from streams.outputs import OutputWriter
 from streams.pipeline import PostPipeline
 from streams.records import Envelope
-from streams.settings import Settings, broker_profile
-from streams.topics import raw_topic
+from streams.settings import Settings, bootstrap_servers, broker_profile
+from streams.stages.trends import StagedStore, TrendEvent
+from streams.topics import TRENDS_TABLE, raw_topic, trends_app_id, trends_changelog_topic
+from streams.trending import (
+    ChangelogTrendReader,
+    TrendTracker,
+    parse_at,
+    trend_config,
+    trends_query,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +40,9 @@ class WorkerComponents:
     """What the agent needs, built once per process."""
 
     settings: Settings
-    bundle: ServedBundle
-    pipeline: PostPipeline
-    sink: MilvusEmbeddingSink
+    bundle: ServedBundle | None  # None for ``worker_role="trends"`` (no encoders, no Milvus)
+    pipeline: PostPipeline | None
+    sink: MilvusEmbeddingSink | None
     metrics: PipelineMetrics
     executor: ThreadPoolExecutor
 
@@ -42,7 +50,17 @@ class WorkerComponents:
 def build_components(
     settings: Settings, registry: CollectorRegistry | None = None
 ) -> WorkerComponents:
-    """Load the bundle, connect Milvus (creating the collection if missing), make metrics."""
+    """Load the bundle, connect Milvus (creating the collection if missing), make metrics.
+    A trends worker needs neither."""
+    if settings.worker_role == "trends":
+        return WorkerComponents(
+            settings=settings,
+            bundle=None,
+            pipeline=None,
+            sink=None,
+            metrics=PipelineMetrics(registry or CollectorRegistry()),
+            executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="postpulse"),
+        )
     bundle = ServedBundle(
         settings.bundle_path,
         settings.device,
@@ -101,8 +119,9 @@ def create_app(components: WorkerComponents) -> faust.App:
     settings = components.settings
     profile = broker_profile(settings)
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    role = settings.worker_role
     app = faust.App(
-        settings.app_id,
+        trends_app_id(settings) if role == "trends" else settings.app_id,
         broker=settings.broker_url,
         store="memory://",
         autodiscover=False,
@@ -116,6 +135,20 @@ def create_app(components: WorkerComponents) -> faust.App:
     posts = raw_topic(app, settings.topic_posts, settings)
     analyses = raw_topic(app, settings.topic_analyses, settings)
     dead_letters = raw_topic(app, settings.topic_dlq, settings)
+    trend_topic = raw_topic(app, settings.topic_trend_events, settings)
+    # keyed by table key bytes (JSON), values JSON bytes: the changelog is plain JSON
+    trends_table = app.Table(
+        TRENDS_TABLE,
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.topic_partitions,
+    )
+    staged = StagedStore(trends_table.data)  # the table's store: written back per batch
+    tracker = TrendTracker(staged, trend_config(settings), components.metrics, settings.trend_top_k)
+    reader = ChangelogTrendReader(
+        bootstrap_servers(settings.broker_url), trends_changelog_topic(settings), profile
+    )
 
     async def send_analysis(key: bytes | None, value: bytes) -> None:
         await (await analyses.send(key=key, value=value, force=True))
@@ -123,45 +156,117 @@ def create_app(components: WorkerComponents) -> faust.App:
     async def send_dead_letter(key: bytes | None, value: bytes) -> None:
         await (await dead_letters.send(key=key, value=value, force=True))
 
+    async def send_trend_events(events: list[TrendEvent]) -> None:
+        # enqueue in order (a window deduplicates by source offset), then await the acks
+        pending = [
+            await trend_topic.send(key=e.topic.encode(), value=e.to_json(), force=True)
+            for e in events
+        ]
+        await asyncio.gather(*pending)
+
     writer = OutputWriter(
-        components.sink,
+        components.sink,  # type: ignore[arg-type]  # only used by the posts role
         send_analysis,
         send_dead_letter,
         components.metrics,
         executor=components.executor,
         max_backoff_s=settings.output_retry_max_s,
+        send_trend_events=send_trend_events,
     )
     within = settings.max_wait_ms / 1000.0
 
-    @app.agent(posts, name="process_posts", concurrency=1)
     async def process_posts(stream: Any) -> None:
         loop = asyncio.get_running_loop()
+        pipeline = components.pipeline
+        assert pipeline is not None, "a posts worker has a pipeline"
         # noack_take: events are acked by us, after their outputs are durable.
         async for events in stream.noack_take(settings.max_batch, within=within):
             envelopes = [envelope_of(e) for e in events]
-            outcome = await loop.run_in_executor(
-                components.executor, components.pipeline.process, envelopes
-            )
+            outcome = await loop.run_in_executor(components.executor, pipeline.process, envelopes)
             await writer.write(outcome)
             for event in events:
                 await stream.ack(event)
 
+    async def count_trends(stream: Any) -> None:
+        # Batches, one partition at a time: each key a batch touched is written to the
+        # table and its changelog once (per event it would be ~4 records per post-topic,
+        # which fills Faust's producer buffer and stalls every agent of the worker).
+        async for events in stream.noack_take(settings.trend_batch, within=0.5):
+            by_partition: dict[int, list[Any]] = {}
+            for event in events:
+                by_partition.setdefault(event.message.partition, []).append(event)
+            for partition, group in by_partition.items():
+                for event in group:
+                    tracker.handle(event.value, partition)
+                for key, value in staged.drain():
+                    tracker.written(key, value)
+                    if value is None:
+                        trends_table.data.pop(key, None)
+                        trends_table.send_changelog(partition, key, None, value_serializer="raw")
+                    else:
+                        trends_table.data[key] = value
+                        trends_table.send_changelog(partition, key, value)
+            for event in events:
+                await stream.ack(event)
+            await asyncio.sleep(0)
+
+    async def refresh_trends() -> None:
+        tracker.refresh()
+
+    # the trends agent runs in its own Faust app (own consumer group): sharing a consumer
+    # with the posts agent, a restarted worker could stop fetching posts (see decisions)
+    if role == "posts":
+        app.agent(posts, name="process_posts", concurrency=1)(process_posts)
+    else:
+        app.agent(trend_topic, name="count_trends", concurrency=1)(count_trends)
+        app.timer(settings.trend_refresh_s)(refresh_trends)
+
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        mine = [tp for tp in assigned if tp.topic == settings.topic_posts]
+        tracker.reset()
+        source = settings.topic_posts if role == "posts" else settings.topic_trend_events
+        mine = [tp for tp in assigned if tp.topic == source]
         components.metrics.assigned_partitions.set(len(mine))
-        log.info("consuming %d partition(s) of %s", len(mine), settings.topic_posts)
+        log.info("consuming %d partition(s) of %s", len(mine), source)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         components.metrics.assigned_partitions.set(0)
+        tracker.reset()
 
     @app.page("/metrics")
     async def metrics_page(self: Any, request: Any) -> Any:
         return self.bytes(components.metrics.render(), content_type=CONTENT_TYPE.split(";")[0])
 
+    @app.page("/trends")
+    async def trends_page(self: Any, request: Any) -> Any:
+        query = request.query
+        try:
+            at = query.get("at")
+            kinds = [k for k in query.get("kinds", "").split(",") if k]
+            snapshot = await asyncio.get_running_loop().run_in_executor(
+                components.executor, reader.snapshot
+            )
+            body = trends_query(
+                snapshot,
+                settings,
+                window=query.get("window"),
+                step=query.get("step"),
+                top=int(query["top"]) if "top" in query else None,
+                at_ms=parse_at(at) if at else None,
+                kinds=kinds or None,
+            )
+        except (ValueError, KeyError) as exc:
+            return self.json({"error": str(exc)}, status=400)
+        except LookupError as exc:
+            return self.json({"error": str(exc)}, status=404)
+        except TimeoutError as exc:
+            return self.json({"error": str(exc)}, status=503)
+        return self.json(body)
+
     @app.page("/healthz")
     async def health_page(self: Any, request: Any) -> Any:
-        return self.json({"status": "ok", "bundle_version": components.bundle.version})
+        version = components.bundle.version if components.bundle else None
+        return self.json({"status": "ok", "role": role, "bundle_version": version})
 
     return app

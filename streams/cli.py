@@ -33,6 +33,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         ("max_wait_ms", "max_wait_ms"),
         ("media_root", "media_root"),
         ("profile", "broker_profile"),
+        ("app_id", "app_id"),
+        ("role", "worker_role"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -97,7 +99,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         worker.execute_from_commandline()
     finally:
-        components.sink.close()
+        if components.sink is not None:
+            components.sink.close()
         components.executor.shutdown(wait=False, cancel_futures=True)
     return 0
 
@@ -153,6 +156,91 @@ def cmd_similar(args: argparse.Namespace) -> int:
             f"{rank:>3}. {hit.post_id:<28} score {hit.score:.4f}  "
             f"{f.get('platform', '')}/{f.get('category', '') or '-'}/{f.get('sentiment', '')}"
         )
+    return 0
+
+
+def _print_trends(body: dict[str, Any]) -> None:
+    import datetime as dt
+
+    def when(ms: int | None) -> str:
+        if ms is None:
+            return "-"
+        return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+    print(
+        f"trending topics, {body['window']} window {when(body.get('start_ms'))} - "
+        f"{when(body.get('end_ms'))} UTC, {body['posts']} posts"
+    )
+    if not body["topics"]:
+        print("  (no topic has enough posts in this window)")
+        return
+    print(
+        f"{'rank':>4}  {'topic':<36} {'kind':<9} {'posts':>6} {'baseline':>9} {'score':>7}  neg/neu/pos"
+    )
+    for rank, t in enumerate(body["topics"], 1):
+        mix = "/".join(f"{t['sentiment'][s]:.0%}" for s in ("negative", "neutral", "positive"))
+        print(
+            f"{rank:>4}  {t['topic']:<36.36} {t['kind']:<9} {t['posts']:>6} "
+            f"{t['baseline']:>9.1f} {t['score']:>7.2f}  {mix}"
+        )
+
+
+def cmd_trends(args: argparse.Namespace) -> int:
+    from streams.stages.trends import parse_duration
+    from streams.topics import trends_changelog_topic
+    from streams.trending import (
+        ChangelogTrendReader,
+        latest_event_ms,
+        parse_at,
+        plot_trends,
+        trend_config,
+        trends_query,
+    )
+
+    settings = _settings(args)
+    reader = ChangelogTrendReader(
+        bootstrap_servers(settings.broker_url),
+        trends_changelog_topic(settings),
+        broker_profile(settings),
+    )
+    try:
+        snapshot = reader.snapshot()
+        if args.trends_command == "plot":
+            sizes = trend_config(settings).bucket_sizes_ms
+            window_ms = (
+                parse_duration(args.window) if args.window else sizes[min(1, len(sizes) - 1)]
+            )
+            end = parse_at(args.until) if args.until else (latest_event_ms(snapshot) or 0) + 1
+            start = parse_at(args.since) if args.since else end - 72 * 3_600_000
+            topics = plot_trends(
+                snapshot,
+                args.out,
+                start,
+                end,
+                window_ms,
+                topics=[t for t in args.topics.split(",") if t] if args.topics else None,
+                top=args.top or 5,
+            )
+            print(f"wrote {args.out} ({', '.join(topics) or 'no topics in range'})")
+            return 0
+        body = trends_query(
+            snapshot,
+            settings,
+            window=args.window,
+            step=args.step,
+            top=args.top,
+            at_ms=parse_at(args.at) if args.at else None,
+            kinds=[k for k in (args.kinds or "").split(",") if k] or None,
+        )
+    except (LookupError, ValueError, TimeoutError) as exc:
+        print(f"postpulse trends: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        reader.close()
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        _print_trends(body)
     return 0
 
 
@@ -301,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--media-root", help="folder local media files may be read from")
     p.add_argument("--loglevel", default="info")
     p.add_argument("--no-create-topics", dest="create_topics", action="store_false")
+    p.add_argument(
+        "--role", choices=["posts", "trends"], help="posts (default) or trends (counts topics)"
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("export", help="export the default encoders into a checked model bundle")
@@ -313,6 +404,33 @@ def build_parser() -> argparse.ArgumentParser:
         "encoder (384-d, converted from CTranslate2 and parity-checked)",
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "trends", help="trending topics of a window (from the trends table's changelog)"
+    )
+    _add_common(p)
+    p.add_argument("--app-id", help="the workers' app id (names the trends changelog)")
+    p.add_argument("--window", help="window size, e.g. 5m, 1h, 1d (default: the smallest)")
+    p.add_argument("--step", help="hopping step (default: tumbling)")
+    p.add_argument("--top", type=int, help="how many topics")
+    p.add_argument("--at", help="a time in the window (RFC 3339 or epoch ms; default: latest)")
+    p.add_argument("--kinds", help="comma-separated: category,hashtag,phrase,emerging")
+    p.add_argument("--json", action="store_true", help="print JSON (as GET /trends)")
+    p.set_defaults(func=cmd_trends, trends_command=None)
+    tsub = p.add_subparsers(dest="trends_command")
+    q = tsub.add_parser("plot", help="PNG of topic volumes and sentiment over a time range")
+    # SUPPRESS: flags given before ``plot`` are not reset by the subcommand's defaults
+    keep = argparse.SUPPRESS
+    q.add_argument("--broker", default=keep, help="broker URL")
+    q.add_argument("--profile", choices=["local", "kafka"], default=keep)
+    q.add_argument("--app-id", default=keep)
+    q.add_argument("--since", help="start (RFC 3339 or epoch ms; default: 72 h before --until)")
+    q.add_argument("--until", help="end (default: the newest post)")
+    q.add_argument("--window", default=keep, help="a stored window size (default: 1h)")
+    q.add_argument("--topics", help="comma-separated topic ids (default: the largest)")
+    q.add_argument("--top", type=int, default=keep, help="topics drawn without --topics")
+    q.add_argument("--out", default="trends.png")
+    q.set_defaults(func=cmd_trends)
 
     p = sub.add_parser("dataset", help="build training data sets")
     dsub = p.add_subparsers(dest="dataset_command", required=True)

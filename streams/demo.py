@@ -2,8 +2,8 @@
 
 Starts the local broker and a worker, generates sample posts (some deliberately
 broken), produces them, waits until every one is analysed or dead-lettered, prints
-counts, dead-letter reasons, throughput, latency and one similarity query, and shuts
-everything down.
+counts, dead-letter reasons, throughput, latency, trending topics of a generated
+two-day stream and similarity queries, and shuts everything down.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from tqdm import tqdm
 
 from encoders.bundle import load_manifest
 from streams.broker import LocalBroker, ensure_topics, free_port
-from streams.output_reader import OutputReader
+from streams.output_reader import CollectedOutputs, OutputReader
 from streams.producer import produce
-from streams.samples import SamplePost, broken_posts, mixed_stream
+from streams.samples import SamplePost, broken_posts, mixed_stream, trend_stream
 from streams.settings import LOCAL_BROKER_PROFILE, Settings
 from streams.similarity import find_similar
-from streams.topics import all_topic_names
+from streams.stages.trends import ALL_POSTS
+from streams.topics import all_topic_names, trends_changelog_topic
+from streams.trending import ChangelogTrendReader, trends_query
 from streams.worker_process import WorkerProcess
 
 
@@ -60,21 +62,25 @@ def run_demo(bundle: Path, workdir: Path, valid: int, broken: int, timeout_s: fl
             web_port=free_port(),
         )
         ensure_topics([broker.bootstrap], all_topic_names(settings), settings.topic_partitions)
-        worker = WorkerProcess(
-            {
-                "POSTPULSE_BROKER_URL": settings.broker_url,
-                "POSTPULSE_BUNDLE_PATH": str(bundle),
-                "POSTPULSE_MILVUS_URI": settings.milvus_uri,
-                "POSTPULSE_DATA_DIR": str(workdir),
-                "POSTPULSE_WEB_PORT": str(settings.web_port),
-            },
-            workdir / "worker.log",
+        env = {
+            "POSTPULSE_BROKER_URL": settings.broker_url,
+            "POSTPULSE_BUNDLE_PATH": str(bundle),
+            "POSTPULSE_MILVUS_URI": settings.milvus_uri,
+            "POSTPULSE_DATA_DIR": str(workdir),
+            "POSTPULSE_WEB_PORT": str(settings.web_port),
+        }
+        worker = WorkerProcess(env, workdir / "worker.log").start()
+        # trends are counted by their own worker (own Faust app and consumer group)
+        trends_worker = WorkerProcess(
+            env | {"POSTPULSE_WORKER_ROLE": "trends", "POSTPULSE_WEB_PORT": str(free_port())},
+            workdir / "trends-worker.log",
         ).start()
         reader = OutputReader(
             [broker.bootstrap], settings.topic_analyses, settings.topic_dlq, LOCAL_BROKER_PROFILE
         )
         try:
             worker.wait_ready()
+            trends_worker.wait_ready()
             print(
                 f"worker: pid {worker.process.pid if worker.process else '?'}, metrics on "
                 f"http://127.0.0.1:{settings.web_port}/metrics, log {workdir}/worker.log"
@@ -98,11 +104,21 @@ def run_demo(bundle: Path, workdir: Path, valid: int, broken: int, timeout_s: fl
                 )
             elapsed = time.monotonic() - started
             metrics = worker.metrics()
+            first = reader.outputs  # the sample posts' outputs, before the trend stream
+            outputs = CollectedOutputs(
+                analyses=dict(first.analyses),
+                analysis_written_ms=dict(first.analysis_written_ms),
+                dead_letters=dict(first.dead_letters),
+            )
+            trend_lines = (
+                _run_trends(settings, broker, reader, len(samples), timeout_s) if complete else []
+            )
         finally:
             reader.close()
             code = worker.stop()
-    outputs = reader.outputs
+            trends_worker.stop()
     _print_summary(outputs, len(samples), elapsed, metrics)
+    print("\n".join(trend_lines))
     labelled = [s for s in samples if s.topic and s.post_id in outputs.analyses]
     if manifest.fusion.trained and labelled:
         hits = sum(outputs.analyses[str(s.post_id)].category == s.topic for s in labelled)
@@ -116,9 +132,62 @@ def run_demo(bundle: Path, workdir: Path, valid: int, broken: int, timeout_s: fl
             f"after {timeout_s:.0f}s (see {workdir}/worker.log)"
         )
         return 1
-    _print_similarity(settings, outputs)
+    _print_similarity(settings, reader.outputs)
     print(f"worker stopped cleanly (exit {code}); broker stopped. Done.")
     return 0
+
+
+def _run_trends(
+    settings: Settings, broker: LocalBroker, reader: OutputReader, before: int, timeout_s: float
+) -> list[str]:
+    """Produce two simulated days of hashtagged text posts with a burst and a new
+    subject, wait until the trends agent has counted them, and describe the trends."""
+    stream = trend_stream(days=2, every_min=12, burst_posts=40, emerging_posts=30)
+    print(
+        f"\ntrends: {len(stream.posts)} text posts over two simulated days (a burst, a new subject)"
+    )
+    produce(
+        (p.value for p in stream.posts),
+        [broker.bootstrap],
+        settings.topic_posts,
+        LOCAL_BROKER_PROFILE,
+        total=len(stream.posts),
+    )
+    changelog = ChangelogTrendReader(
+        [broker.bootstrap], trends_changelog_topic(settings), LOCAL_BROKER_PROFILE
+    )
+    try:
+        reader.wait_for(lambda o: o.accounted >= before + len(stream.posts), timeout_s)
+        deadline = time.monotonic() + 120
+        counted = 0
+        while time.monotonic() < deadline:
+            snapshot = changelog.snapshot()
+            day = max(snapshot.sizes(), default=0)
+            counted = sum(  # the trend stream's posts (the samples are dated elsewhere)
+                c.posts
+                for start, c in snapshot.windows.get((day, ALL_POSTS), {}).items()
+                if start + day > stream.start_ms
+            )
+            if counted >= len(stream.posts):
+                break
+            time.sleep(1)
+    finally:
+        changelog.close()
+    lines = ["\n=== trends (postpulse trends --window 1h --at ...) ==="]
+    if counted < len(stream.posts):
+        return [*lines, f"only {counted} of {len(stream.posts)} posts counted in trends so far"]
+    for label, at, window, kinds in (
+        ("during the #eclipse burst", stream.burst_start_ms + 1_800_000, "1h", None),
+        ("emerging topics, day 3", stream.emerging_start_ms + 7_200_000 - 1, "1d", ["emerging"]),
+    ):
+        body = trends_query(snapshot, settings, window=window, at_ms=at, kinds=kinds)
+        top = ", ".join(
+            f"{t['topic']} ({t['posts']} posts, score {t['score']:.1f})" for t in body["topics"][:3]
+        )
+        lines.append(
+            f"{label} ({body['window']} window): {top or 'nothing above the minimum support'}"
+        )
+    return lines
 
 
 def _print_summary(outputs: object, expected: int, elapsed: float, metrics: str) -> None:

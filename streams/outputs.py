@@ -18,6 +18,7 @@ from exporters.base import BackpressureError, Sink
 from exporters.milvus import EmbeddingRow
 from exporters.prometheus import PipelineMetrics
 from streams.pipeline import BatchOutcome
+from streams.stages.trends import TrendEvent
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class OutputWriter:
         metrics: PipelineMetrics,
         executor: Executor | None = None,
         max_backoff_s: float = 30.0,
+        send_trend_events: Callable[[list[TrendEvent]], Awaitable[None]] | None = None,
     ) -> None:
         self.embeddings = embeddings
         self.send_analysis = send_analysis
@@ -43,6 +45,7 @@ class OutputWriter:
         self.metrics = metrics
         self.executor = executor
         self.max_backoff_s = max_backoff_s
+        self.send_trend_events = send_trend_events
 
     async def write(self, outcome: BatchOutcome) -> None:
         """Write everything; returns only when all of it is durable."""
@@ -90,6 +93,13 @@ class OutputWriter:
             self._retry(name, functools.partial(send, key, value))
             for send, key, value, name in records
         ]
+        if outcome.trend_events and self.send_trend_events is not None:
+            sends.append(
+                self._retry(
+                    "trend_events",
+                    functools.partial(self.send_trend_events, outcome.trend_events),
+                )
+            )
         await asyncio.gather(*sends)
         self.metrics.stage_seconds.labels("publish").observe(time.perf_counter() - start)
         self._observe(outcome)

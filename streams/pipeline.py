@@ -17,6 +17,8 @@ from streams.settings import Settings
 from streams.stages.analyse import AnalysedPost, AnalyserOptions, PostAnalyser, StageTimer
 from streams.stages.decode import DecodedPost, DecodeLimits, MediaDecoder
 from streams.stages.fetch import FetchLimits, MediaFetcher
+from streams.stages.topics import EmergingConfig, EmergingTopics, TopicExtractor
+from streams.stages.trends import TrendEvent
 from streams.stages.validate import PostValidator, ValidatedPost, ValidationLimits
 
 log = logging.getLogger(__name__)
@@ -28,12 +30,13 @@ class BatchOutcome:
 
     analysed: list[AnalysedPost] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    trend_events: list[TrendEvent] = field(default_factory=list)
     timer: StageTimer = field(default_factory=StageTimer)
     size: int = 0
 
 
 class PostPipeline:
-    """validate -> decode -> analyse, each a plain callable."""
+    """validate -> decode -> analyse -> topics, each a plain callable."""
 
     def __init__(self, settings: Settings, bundle: ServedBundle) -> None:
         self.validator = PostValidator(
@@ -77,6 +80,15 @@ class PostPipeline:
             ),
         )
         self.bundle = bundle
+        self.topics = TopicExtractor(
+            EmergingTopics(
+                EmergingConfig(
+                    similarity=settings.emerging_similarity,
+                    min_support=settings.emerging_min_support,
+                    max_category_prob=settings.emerging_max_category_prob,
+                )
+            )
+        )
 
     def process(self, envelopes: list[Envelope]) -> BatchOutcome:
         """Run one batch through every stage. Never raises for bad input."""
@@ -117,6 +129,15 @@ class PostPipeline:
         start = time.perf_counter()
         outcome.analysed = self._analyse(decoded, outcome, timer)
         timer.stages["analyse"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        try:
+            outcome.trend_events = self.topics(outcome.analysed)
+        except Exception:  # the analyses still go out; only this batch's trend counts miss
+            log.exception(
+                "topics stage raised; batch of %d posts not counted in trends", outcome.size
+            )
+        timer.stages["topics"] = time.perf_counter() - start
         return outcome
 
     def _analyse(

@@ -247,3 +247,93 @@ def mixed_stream(valid: int, broken: int, seed: int = 7, av: int = 0) -> list[Sa
     posts = valid_posts(valid - av, seed) + av_posts(av, seed + 2) + broken_posts(broken, seed + 1)
     random.Random(seed).shuffle(posts)
     return posts
+
+
+_STEADY_HASHTAGS = {
+    "sports": "#matchday",
+    "food": "#foodie",
+    "technology": "#gadgets",
+    "travel": "#wanderlust",
+    "news": "#citynews",
+}
+_BURST_TEXTS = [
+    "The total solar eclipse right now is unbelievable #eclipse",
+    "Everyone on the street stopped to watch the #Eclipse, goosebumps",
+    "Clouds moved just in time for the eclipse #eclipse #sky",
+    "Never seen the sky go dark at noon before #eclipse",
+]
+_EMERGING_TEXTS = [
+    "The volcano erupted again overnight, lava flows reached the coast road",
+    "Volcano update: ash cloud drifting east, lava still flowing from the crater",
+    "Ash from the volcano covers every car on our street, lava glowing on the ridge",
+    "Lava fountains from the volcano crater lit up the night, ash falling in town",
+]
+
+
+@dataclass(frozen=True)
+class TrendStream:
+    """A generated stream for trend tests and the demo: what happened when."""
+
+    posts: list[SamplePost]
+    start_ms: int
+    burst_topic: str
+    burst_start_ms: int
+    burst_end_ms: int
+    emerging_start_ms: int
+
+
+def trend_stream(
+    days: int = 3,
+    every_min: float = 6.0,
+    burst_posts: int = 40,
+    emerging_posts: int = 30,
+    jitter_min: float = 5.0,
+    seed: int = 17,
+    start_ms: int = 1_767_571_200_000,  # 2026-01-05T00:00Z
+) -> TrendStream:
+    """Text posts over ``days`` simulated days: steady topics with their hashtags, a
+    ``#eclipse`` burst of ``burst_posts`` in one hour of day 2 (14:00-15:00), and a
+    subject no category or hashtag names (a volcano) from day 3 02:00 on. Posts are in
+    production order, shuffled by up to ``jitter_min`` of event time (out of order)."""
+    rng = random.Random(seed)
+    hour = 3_600_000
+    burst_start = start_ms + 24 * hour + 14 * hour
+    emerging_start = start_ms + 2 * 24 * hour + 2 * hour
+    docs: list[tuple[float, dict[str, object], str]] = []
+
+    def add(ts: int, text: str, topic: str) -> None:
+        i = len(docs)
+        doc = {
+            "post_id": f"trend-{seed}-{i:06d}",
+            "platform": rng.choice(_PLATFORMS),
+            "author_id": f"user-{rng.randint(1, 300)}",
+            "created_at": ts,
+            "lang": "en",
+            "text": text,
+        }
+        order = ts + rng.uniform(0, jitter_min * 60_000)
+        docs.append((order, doc, topic))
+
+    topics = list(_TOPICS)
+    n = int(days * 24 * 60 / every_min)
+    for i in range(n):
+        topic = topics[i % len(topics)]
+        ts = start_ms + int(i * every_min * 60_000) + rng.randint(0, 30_000)
+        add(ts, f"{rng.choice(_TOPICS[topic][0])} {_STEADY_HASHTAGS[topic]}", topic)
+    for i in range(burst_posts):
+        add(burst_start + int(i * hour / burst_posts), rng.choice(_BURST_TEXTS), "eclipse")
+    for i in range(emerging_posts):
+        add(
+            emerging_start + int(i * 2 * hour / emerging_posts),
+            rng.choice(_EMERGING_TEXTS),
+            "volcano",
+        )
+    docs.sort(key=lambda d: d[0])
+    return TrendStream(
+        posts=[SamplePost(json.dumps(d).encode(), str(d["post_id"]), t) for _, d, t in docs],
+        start_ms=start_ms,
+        burst_topic="#eclipse",
+        burst_start_ms=burst_start,
+        burst_end_ms=burst_start + hour,
+        emerging_start_ms=emerging_start,
+    )

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     topic_posts: str = "posts"
     topic_dlq: str = "posts.dlq"
     topic_analyses: str = "post-analyses"
+    worker_role: Literal["posts", "trends"] = Field(
+        default="posts", description="'posts' analyses posts; 'trends' counts trend events"
+    )
+    topic_trend_events: str = "post-trend-events"
     topic_partitions: int = Field(default=4, ge=1)
 
     max_batch: int = Field(default=32, ge=1, description="posts per encoder batch")
@@ -66,6 +70,29 @@ class Settings(BaseSettings):
     stt_enabled: bool = True
     stt_beam_size: int = Field(default=5, ge=1)
     stt_min_speech_ratio: float = Field(default=0.1, ge=0, le=1)
+
+    trend_windows: str = Field(
+        default="5m,1h,1d", description="window sizes counted per topic (tumbling, by created_at)"
+    )
+    trend_retention_windows: int = Field(
+        default=2016, ge=1, description="windows of each size kept per topic"
+    )
+    trend_lateness: str = Field(
+        default="10m", description="how late (event time) a post may arrive and still count"
+    )
+    trend_top_k: int = Field(default=10, ge=1)
+    trend_min_support: int = Field(default=5, ge=1, description="posts a topic needs to rank")
+    trend_history_windows: int = Field(default=24, ge=1, description="baseline windows")
+    trend_hashtag_capacity: int = Field(
+        default=1000, ge=1, description="hashtags tracked per partition (space-saving)"
+    )
+    trend_refresh_s: float = Field(default=15.0, gt=0, description="trend gauges refresh")
+    trend_batch: int = Field(default=512, ge=1, description="trend events counted per batch")
+    emerging_similarity: float = Field(default=0.8, gt=0, le=1)
+    emerging_min_support: int = Field(default=5, ge=2)
+    emerging_max_category_prob: float = Field(
+        default=0.5, ge=0, le=1, description="posts less sure of their category get clustered"
+    )
 
     fetch_enabled: bool = True
     fetch_connect_timeout_s: float = Field(default=3.0, gt=0)

@@ -15,7 +15,26 @@ from streams.settings import Settings
 
 def all_topic_names(settings: Settings) -> list[str]:
     """Every topic postpulse reads or writes."""
-    return [settings.topic_posts, settings.topic_dlq, settings.topic_analyses]
+    return [
+        settings.topic_posts,
+        settings.topic_dlq,
+        settings.topic_analyses,
+        settings.topic_trend_events,
+        trends_changelog_topic(settings),
+    ]
+
+
+TRENDS_TABLE = "trends"
+
+
+def trends_app_id(settings: Settings) -> str:
+    """The Faust app (consumer group) of ``worker --role trends``."""
+    return f"{settings.app_id}-trends"
+
+
+def trends_changelog_topic(settings: Settings) -> str:
+    """The Faust changelog of the trends table (what ``postpulse trends`` reads)."""
+    return f"{trends_app_id(settings)}-{TRENDS_TABLE}-changelog"
 
 
 def raw_topic(app: faust.App, name: str, settings: Settings) -> Any:

@@ -54,6 +54,7 @@ def settings_for(tmp_path: Path, bundle_path: Path):  # type: ignore[no-untyped-
             "topic_posts": f"{prefix}.posts",
             "topic_dlq": f"{prefix}.posts.dlq",
             "topic_analyses": f"{prefix}.post-analyses",
+            "topic_trend_events": f"{prefix}.trend-events",
             "app_id": f"postpulse-{prefix}",
         }
         if broker is not None:

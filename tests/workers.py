@@ -24,6 +24,7 @@ def start_worker(settings: Settings, log: Path, **extra_env: str) -> WorkerProce
         "POSTPULSE_TOPIC_POSTS": settings.topic_posts,
         "POSTPULSE_TOPIC_DLQ": settings.topic_dlq,
         "POSTPULSE_TOPIC_ANALYSES": settings.topic_analyses,
+        "POSTPULSE_TOPIC_TREND_EVENTS": settings.topic_trend_events,
         "POSTPULSE_APP_ID": settings.app_id,
         "POSTPULSE_MAX_BATCH": "16",
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.run import bench_image_encoder, bench_text_encoder, bench_text_preprocessing
+from benchmarks.trends import bench_hashtag_memory, bench_topics_stage
 from encoders.serving import ServedBundle
 
 
@@ -27,3 +28,15 @@ def test_text_preprocessing_benchmark_reports_consistent_shares(
     parts = result["normalize_social_s"] + result["token_bags_s"]
     assert parts > 0 and abs(result["share_of_text_path"] - parts / result["text_path_s"]) < 1e-9
     assert result["slowdown_vs_without"] >= 1.0
+
+
+def test_trends_benchmark_measures_the_batch_it_counts(served_bundle: ServedBundle) -> None:
+    result = bench_topics_stage(served_bundle, 24)
+    assert result["posts"] == 24
+    assert result["trend_events"] >= 2 * 24  # every post: volume + category (+ hashtag)
+    assert 0 < result["topics_stage_s"] < result["batch_s"]
+    assert (
+        abs(result["topics_share_of_batch"] - result["topics_stage_s"] / result["batch_s"]) < 1e-9
+    )
+    memory = bench_hashtag_memory(distinct=20_000, capacity=100)
+    assert memory["memory_ratio"] < 0.5  # 100 counters against 20,000

@@ -131,6 +131,7 @@ def test_demo_runs_end_to_end_and_prints_its_summary(bundle_path: Path, tmp_path
     assert "posts produced:      46" in text
     assert "analysed:            40" in text
     assert "dead-lettered:       6" in text
+    assert "during the #eclipse burst (1h window): #eclipse (40 posts" in text, text[-1500:]
     for reason in (
         "invalid_json",
         "schema_violation",

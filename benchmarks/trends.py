@@ -1,0 +1,103 @@
+"""Trends on the hot path: what the topics stage adds to a batch, how fast the trends
+agent counts compared with the pipeline that feeds it, and the memory of space-saving
+hashtag counting against an exact counter. Ratios within one run."""
+
+from __future__ import annotations
+
+import json
+import time
+import tracemalloc
+from collections import Counter
+from typing import Any
+
+from encoders.serving import ServedBundle
+from streams.pipeline import PostPipeline
+from streams.records import Envelope
+from streams.samples import trend_stream
+from streams.settings import Settings
+from streams.stages.heavy_hitters import SpaceSaving
+from streams.stages.trends import TrendConfig, TrendCounter
+
+
+def bench_topics_stage(bundle: ServedBundle, n: int) -> dict[str, Any]:
+    """One pipeline batch of ``n`` text posts: the topics stage (categories, hashtags,
+    emerging-topic clustering) against the whole batch; then the trends agent's
+    counting of the batch's events against an exact in-memory count (no deduplication,
+    no store) and against the pipeline's own posts/s."""
+    stream = trend_stream(days=1, every_min=1440 / n, burst_posts=0, emerging_posts=0)
+    envelopes = [
+        Envelope(value=p.value, partition=0, offset=i) for i, p in enumerate(stream.posts[:n])
+    ]
+    pipeline = PostPipeline(Settings(bundle_path=bundle.path, fetch_enabled=False), bundle)
+    pipeline.process(envelopes[:8])  # warm-up
+    start = time.perf_counter()
+    outcome = pipeline.process(envelopes)
+    batch_s = time.perf_counter() - start
+    topics_s = outcome.timer.stages["topics"]
+    events = outcome.trend_events
+
+    counter = TrendCounter({}, TrendConfig())
+    start = time.perf_counter()
+    for event in events:
+        counter.apply(event, 0)
+    counting_s = time.perf_counter() - start
+
+    exact: Counter[tuple[int, str, int]] = Counter()
+    sizes = TrendConfig().bucket_sizes_ms
+    start = time.perf_counter()
+    for event in events:
+        for size in sizes:
+            exact[(size, event.topic, event.created_at_ms - event.created_at_ms % size)] += 1
+    exact_s = time.perf_counter() - start
+    return {
+        "posts": len(outcome.analysed),
+        "trend_events": len(events),
+        "batch_s": batch_s,
+        "topics_stage_s": topics_s,
+        "topics_share_of_batch": topics_s / batch_s,
+        "counting_events_per_s": len(events) / counting_s,
+        "counting_vs_exact_in_memory": counting_s / max(exact_s, 1e-9),
+        "counting_posts_per_s_vs_pipeline": (len(outcome.analysed) / counting_s)
+        / (len(outcome.analysed) / batch_s),
+    }
+
+
+def bench_hashtag_memory(distinct: int = 200_000, capacity: int = 1000) -> dict[str, Any]:
+    """Peak memory of counting ``distinct`` hashtags: space-saving vs an exact Counter."""
+
+    def peak(count: Any) -> int:
+        tracemalloc.start()
+        count()
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    def sketch() -> None:
+        s: SpaceSaving[str] = SpaceSaving(capacity)
+        for i in range(distinct):
+            s.offer(f"#tag{i}")
+
+    def exact() -> None:
+        c: Counter[str] = Counter()
+        for i in range(distinct):
+            c[f"#tag{i}"] += 1
+
+    sketch_bytes, exact_bytes = peak(sketch), peak(exact)
+    return {
+        "distinct_hashtags": distinct,
+        "capacity": capacity,
+        "space_saving_peak_bytes": sketch_bytes,
+        "exact_counter_peak_bytes": exact_bytes,
+        "memory_ratio": sketch_bytes / exact_bytes,
+    }
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    served = ServedBundle(Path("models/default"))
+    print(
+        json.dumps(
+            {"topics": bench_topics_stage(served, 128), "memory": bench_hashtag_memory()}, indent=2
+        )
+    )

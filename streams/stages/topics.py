@@ -1,0 +1,195 @@
+"""The topics of a post: its predicted category, its hashtags, its key phrases, and the
+emerging topic (an online cluster of fused embeddings) it belongs to when no category
+explains it.
+
+:class:`TopicExtractor` is the pipeline's ``topics`` stage: analysed posts in, trend
+events out (published to the trend-events topic and counted by the trends agent).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from encoders.text import normalize_social
+from streams.stages.analyse import AnalysedPost
+from streams.stages.heavy_hitters import SpaceSaving
+from streams.stages.trends import TrendEvent, category_topic, extract_hashtags, trend_events
+
+_WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
+_TOKEN = re.compile(r"#?[^\W\d_]+(?:'[^\W\d_]+)?|\S", re.UNICODE)
+MAX_PHRASES_PER_POST = 3
+STOPWORDS = frozenset(
+    """
+    the and for are but not you all any can had her was one our out day get has him his
+    how man new now old see two way who boy did its let put say she too use that with
+    have this will your from they know want been good much some time very when come here
+    just like long make many more only over such take than them well were what into
+    look also back after first even because these give most about there their would
+    could should which where while those every being other again still today really
+    http user yeah okay just got its it's off per via amp
+    """.split()  # noqa: SIM905 - a word list reads better as text
+)
+
+
+def post_terms(text: str) -> list[str]:
+    """Distinct content words of a post (normalised like the encoders' input), hashtags
+    as words, stop words and URL/mention placeholders left out."""
+    words = _WORD.findall(normalize_social(text).casefold())
+    words += [tag[1:] for tag in extract_hashtags(text)]
+    return list(dict.fromkeys(w for w in words if w not in STOPWORDS))
+
+
+def key_phrases(text: str, limit: int = MAX_PHRASES_PER_POST) -> list[str]:
+    """A post's key phrases, as topic ids ``phrase:...``: runs of two or three content
+    words between stop words, punctuation and hashtags (RAKE-style candidates),
+    normalised like the encoders' input and case-folded, first ``limit`` in text order."""
+    runs: list[list[str]] = []
+    run: list[str] = []
+    for token in [*_TOKEN.findall(normalize_social(text).casefold()), "."]:
+        if token.startswith("#") or token in STOPWORDS or len(token) < 3 or not token[0].isalpha():
+            if len(run) >= 2:
+                runs.append(run)
+            run = []
+        else:
+            run.append(token)
+    phrases = list(dict.fromkeys("phrase:" + " ".join(r[:3]) for r in runs))
+    return phrases[:limit]
+
+
+@dataclass
+class _Cluster:
+    centroid: np.ndarray
+    posts: int = 0
+    terms: Counter[str] = field(default_factory=Counter)
+    name: str | None = None
+    last_seen: int = 0
+
+
+@dataclass(frozen=True)
+class EmergingConfig:
+    """Online clustering of posts that no category explains."""
+
+    similarity: float = 0.8
+    min_support: int = 5
+    max_clusters: int = 256
+    max_category_prob: float = 0.5
+    name_terms: int = 3
+    term_capacity: int = 20_000
+
+
+class EmergingTopics:
+    """Leader clustering over unit-norm fused embeddings: a post joins the most similar
+    cluster above ``similarity`` or starts one. A cluster that reaches ``min_support``
+    posts becomes a topic named by its most typical terms (frequent in the cluster, rare
+    among all clustered posts, as TF-IDF) and keeps that name. Memory is bounded: at most
+    ``max_clusters`` clusters (the least recently joined unnamed one goes first) and a
+    space-saving counter of document frequencies."""
+
+    def __init__(self, config: EmergingConfig | None = None) -> None:
+        self.config = config or EmergingConfig()
+        self.clusters: list[_Cluster] = []
+        self.document_frequency: SpaceSaving[str] = SpaceSaving(self.config.term_capacity)
+        self.documents = 0
+        self._clock = 0
+
+    def assign(self, embedding: np.ndarray, terms: list[str]) -> str | None:
+        """The emerging topic id (``emerging:...``) of a post, once its cluster is big
+        enough to be one; None before that."""
+        self._clock += 1
+        self.documents += 1
+        for term in terms:
+            self.document_frequency.offer(term)
+        vector = embedding.astype(np.float32)
+        norm = float(np.linalg.norm(vector))
+        if norm == 0 or not terms:
+            return None
+        vector = vector / norm
+        best, best_sim = None, -1.0
+        if self.clusters:
+            centroids = np.stack([c.centroid for c in self.clusters])
+            sims = centroids @ vector / np.maximum(np.linalg.norm(centroids, axis=1), 1e-12)
+            i = int(np.argmax(sims))
+            best, best_sim = self.clusters[i], float(sims[i])
+        if best is None or best_sim < self.config.similarity:
+            best = self._new_cluster(vector.shape[0])
+        best.centroid += vector
+        best.posts += 1
+        best.last_seen = self._clock
+        best.terms.update(terms)
+        if len(best.terms) > 512:  # keep the cluster's vocabulary bounded
+            best.terms = Counter(dict(best.terms.most_common(256)))
+        if best.name is None and best.posts >= self.config.min_support:
+            best.name = self._name(best)
+        return best.name
+
+    def _new_cluster(self, dim: int) -> _Cluster:
+        if len(self.clusters) >= self.config.max_clusters:
+            unnamed = [c for c in self.clusters if c.name is None] or self.clusters
+            self.clusters.remove(min(unnamed, key=lambda c: c.last_seen))
+        cluster = _Cluster(np.zeros(dim, dtype=np.float32))
+        self.clusters.append(cluster)
+        return cluster
+
+    def _name(self, cluster: _Cluster) -> str | None:
+        scored = []
+        for term, tf in cluster.terms.items():
+            if tf < 2:
+                continue
+            df = self.document_frequency.counters.get(term)
+            # a word in nearly every post (idf ~ 0) names nothing
+            idf = math.log((self.documents + 1) / ((df.count if df else 0) + 1))
+            if idf > 0.1:
+                scored.append((-(tf / cluster.posts) * idf, term))
+        if not scored:
+            return None
+        words = [term for _, term in sorted(scored)[: self.config.name_terms]]
+        return "emerging:" + " ".join(words)
+
+
+class TopicExtractor:
+    """The ``topics`` stage: trend events for each analysed post."""
+
+    name = "topics"
+
+    def __init__(self, emerging: EmergingTopics | None = None) -> None:
+        self.emerging = emerging or EmergingTopics()
+
+    def topics_of(self, post: AnalysedPost) -> list[str]:
+        """Topic ids of one post: category, hashtags, key phrases, emerging topic."""
+        analysis = post.analysis
+        text = post.decoded.validated.post.text or ""
+        topics = []
+        explained = False
+        if analysis.category:
+            topics.append(category_topic(analysis.category))
+            best = max(analysis.category_probs.values(), default=0.0)
+            explained = best >= self.emerging.config.max_category_prob
+        topics += extract_hashtags(text)
+        topics += key_phrases(text)
+        if not explained and text:
+            emerging = self.emerging.assign(post.embedding, post_terms(text))
+            if emerging:
+                topics.append(emerging)
+        return topics
+
+    def __call__(self, batch: list[AnalysedPost]) -> list[TrendEvent]:
+        events: list[TrendEvent] = []
+        for post in batch:
+            envelope = post.decoded.validated.envelope
+            if envelope.partition is None or envelope.offset is None:
+                continue  # not from a topic (no position to deduplicate by): not counted
+            a = post.analysis
+            events += trend_events(
+                a.post_id,
+                a.created_at_ms,
+                a.sentiment,
+                self.topics_of(post),
+                envelope.partition,
+                envelope.offset,
+            )
+        return events
