@@ -114,6 +114,53 @@ def envelope_of(event: Any) -> Envelope:
     )
 
 
+def add_trend_counting(
+    app: faust.App, settings: Settings, trend_topic: Any, metrics: PipelineMetrics
+) -> TrendTracker:
+    """The trends table, the agent that counts trend events into it, and the timer that
+    refreshes the trend gauges (``worker_role="trends"`` only)."""
+    # keyed by table key bytes (JSON), values JSON bytes: the changelog is plain JSON
+    table = app.Table(
+        TRENDS_TABLE,
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.topic_partitions,
+    )
+    staged = StagedStore(table.data)  # the table's store: written back per batch
+    tracker = TrendTracker(staged, trend_config(settings), metrics, settings.trend_top_k)
+
+    async def count_trends(stream: Any) -> None:
+        # Batches, one partition at a time: each key a batch touched is written to the
+        # table and its changelog once (per event it would be ~4 records per post-topic,
+        # which fills Faust's producer buffer and stalls every agent of the worker).
+        async for events in stream.noack_take(settings.trend_batch, within=0.5):
+            by_partition: dict[int, list[Any]] = {}
+            for event in events:
+                by_partition.setdefault(event.message.partition, []).append(event)
+            for partition, group in by_partition.items():
+                for event in group:
+                    tracker.handle(event.value, partition)
+                for key, value in staged.drain():
+                    tracker.written(key, value)
+                    if value is None:
+                        table.data.pop(key, None)
+                        table.send_changelog(partition, key, None, value_serializer="raw")
+                    else:
+                        table.data[key] = value
+                        table.send_changelog(partition, key, value)
+            for event in events:
+                await stream.ack(event)
+            await asyncio.sleep(0)
+
+    async def refresh_trends() -> None:
+        tracker.refresh()
+
+    app.agent(trend_topic, name="count_trends", concurrency=1)(count_trends)
+    app.timer(settings.trend_refresh_s)(refresh_trends)
+    return tracker
+
+
 def create_app(components: WorkerComponents) -> faust.App:
     """The postpulse Faust app with its agent and web pages."""
     settings = components.settings
@@ -136,16 +183,6 @@ def create_app(components: WorkerComponents) -> faust.App:
     analyses = raw_topic(app, settings.topic_analyses, settings)
     dead_letters = raw_topic(app, settings.topic_dlq, settings)
     trend_topic = raw_topic(app, settings.topic_trend_events, settings)
-    # keyed by table key bytes (JSON), values JSON bytes: the changelog is plain JSON
-    trends_table = app.Table(
-        TRENDS_TABLE,
-        default=None,
-        key_type=bytes,
-        value_type=bytes,
-        partitions=settings.topic_partitions,
-    )
-    staged = StagedStore(trends_table.data)  # the table's store: written back per batch
-    tracker = TrendTracker(staged, trend_config(settings), components.metrics, settings.trend_top_k)
     reader = ChangelogTrendReader(
         bootstrap_servers(settings.broker_url), trends_changelog_topic(settings), profile
     )
@@ -187,43 +224,18 @@ def create_app(components: WorkerComponents) -> faust.App:
             for event in events:
                 await stream.ack(event)
 
-    async def count_trends(stream: Any) -> None:
-        # Batches, one partition at a time: each key a batch touched is written to the
-        # table and its changelog once (per event it would be ~4 records per post-topic,
-        # which fills Faust's producer buffer and stalls every agent of the worker).
-        async for events in stream.noack_take(settings.trend_batch, within=0.5):
-            by_partition: dict[int, list[Any]] = {}
-            for event in events:
-                by_partition.setdefault(event.message.partition, []).append(event)
-            for partition, group in by_partition.items():
-                for event in group:
-                    tracker.handle(event.value, partition)
-                for key, value in staged.drain():
-                    tracker.written(key, value)
-                    if value is None:
-                        trends_table.data.pop(key, None)
-                        trends_table.send_changelog(partition, key, None, value_serializer="raw")
-                    else:
-                        trends_table.data[key] = value
-                        trends_table.send_changelog(partition, key, value)
-            for event in events:
-                await stream.ack(event)
-            await asyncio.sleep(0)
-
-    async def refresh_trends() -> None:
-        tracker.refresh()
-
     # the trends agent runs in its own Faust app (own consumer group): sharing a consumer
     # with the posts agent, a restarted worker could stop fetching posts (see decisions)
+    tracker = None
     if role == "posts":
         app.agent(posts, name="process_posts", concurrency=1)(process_posts)
     else:
-        app.agent(trend_topic, name="count_trends", concurrency=1)(count_trends)
-        app.timer(settings.trend_refresh_s)(refresh_trends)
+        tracker = add_trend_counting(app, settings, trend_topic, components.metrics)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        tracker.reset()
+        if tracker is not None:
+            tracker.reset()
         source = settings.topic_posts if role == "posts" else settings.topic_trend_events
         mine = [tp for tp in assigned if tp.topic == source]
         components.metrics.assigned_partitions.set(len(mine))
@@ -232,7 +244,8 @@ def create_app(components: WorkerComponents) -> faust.App:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         components.metrics.assigned_partitions.set(0)
-        tracker.reset()
+        if tracker is not None:
+            tracker.reset()
 
     @app.page("/metrics")
     async def metrics_page(self: Any, request: Any) -> Any:

@@ -276,7 +276,6 @@ def plot_trends(
         }
         topics = [t for t, n in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])) if n][:top]
     fig, (volume, mood) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
-    sentiment_totals = [0.0] * len(SENTIMENTS)
     times: list[dt.datetime] = []
     for topic in topics:
         series = volume_series(snapshot, topic, start_ms, end_ms, window_ms)
@@ -288,7 +287,6 @@ def plot_trends(
     for i in range(len(SENTIMENTS)):
         row = [c.sentiment[i] / c.posts if c.posts else 0.0 for _, c in all_series]
         shares.append(row)
-        sentiment_totals[i] = sum(row)
     mood.stackplot(
         times,
         shares,

@@ -52,6 +52,11 @@ def wait_counted(reader: ChangelogTrendReader, at_least: int, timeout_s: float =
     raise TimeoutError(f"only {counted} of {at_least} posts counted in trends")
 
 
+def trends_cli(settings: Settings, *args: str) -> int:
+    """``postpulse trends ...`` against the app of ``settings``."""
+    return main(["trends", "--broker", settings.broker_url, "--app-id", settings.app_id, *args])
+
+
 def answers(snapshot: TrendSnapshot, settings: Settings, stream: TrendStream) -> dict[str, Any]:
     """The deterministic part of the trends: categories and hashtags (emerging topics come
     from each worker's own online clustering, so a restarted worker may name them anew)."""
@@ -152,43 +157,15 @@ def test_burst_replay_restart_and_emerging_topic(
 
         # the CLI and the worker's HTTP page give the same JSON
         during = stream.burst_start_ms + HOUR // 2
-        assert (
-            main(
-                [
-                    "trends",
-                    "--broker",
-                    first_settings.broker_url,
-                    "--app-id",
-                    first_settings.app_id,
-                    "--window",
-                    "1h",
-                    "--at",
-                    str(during),
-                    "--json",
-                ]
-            )
-            == 0
-        )
+        assert trends_cli(first_settings, "--window", "1h", "--at", str(during), "--json") == 0
         cli = json.loads(capsys.readouterr().out)
         url = f"http://127.0.0.1:{worker.web_port}/trends?window=1h&at={during}"
         with urllib.request.urlopen(url, timeout=30) as resp:
             assert json.loads(resp.read()) == cli
         assert cli["topics"][0]["topic"] == stream.burst_topic
+        plot = tmp_path / "trends.png"
         assert (
-            main(
-                [
-                    "trends",
-                    "--broker",
-                    first_settings.broker_url,
-                    "--app-id",
-                    first_settings.app_id,
-                    "plot",
-                    "--since",
-                    str(stream.start_ms),
-                    "--out",
-                    str(tmp_path / "trends.png"),
-                ]
-            )
+            trends_cli(first_settings, "plot", "--since", str(stream.start_ms), "--out", str(plot))
             == 0
         )
         assert (tmp_path / "trends.png").stat().st_size > 10_000
