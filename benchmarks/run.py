@@ -2,7 +2,9 @@
 
 (a) end to end on the real broker: posts/s and p50/p99 latency from produce to the
     Milvus upsert, with batching (``max_batch`` 32) against one post per batch;
-(b) encoders: batched ONNX Runtime against per-item PyTorch eager on the same inputs.
+(b) encoders: batched ONNX Runtime against per-item PyTorch eager on the same inputs;
+(c) trends, media decoding, speech and OCR paths (benchmarks/trends.py, media.py);
+(d) search in Milvus Lite at 100k posts: HNSW against FLAT (benchmarks/search.py).
 
 Absolute numbers vary from machine to machine and run to run; the ratios are the
 result. Run: ``make bench`` (writes benchmarks/results/latest.json).
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import media, trends
+from benchmarks import media, search, trends
 from encoders.bundle import load_manifest
 from encoders.image import preprocess_image, synthetic_image
 from encoders.registry import get_encoder_spec
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--posts", type=int, default=400)
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--search-rows", type=int, default=100_000)
     args = parser.parse_args(argv)
     bundle_path = Path(args.bundle).resolve()
     served = ServedBundle(bundle_path)
@@ -225,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     results["speech_to_text"] = media.bench_speech_to_text(served)
     results["ocr"] = media.bench_ocr(served)
     del served
+    print(f"search: Milvus Lite at {args.search_rows:,} posts, HNSW vs FLAT ...")
+    results["search"] = search.bench_search(args.search_rows)
     workdir = Path(tempfile.mkdtemp(prefix="postpulse-bench-"))
     try:
         print("end to end on the local broker: one post per batch (baseline) ...")
@@ -285,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"OCR:           {oc['postpulse_images_per_s']:.1f} img/s, x{oc['speedup']:.2f} vs package default"
     )
+    print(search.describe(results["search"]))
     print(f"written to {out}")
     return 0
 

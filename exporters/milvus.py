@@ -100,9 +100,16 @@ def _describe(field: dict[str, Any]) -> tuple[str, int | None, int | None, bool]
     )
 
 
-def ensure_collection(
-    client: MilvusClient, name: str, dim: int, index_type: str = "AUTOINDEX"
-) -> None:
+def index_params(index_type: str) -> dict[str, Any]:
+    """Build parameters of the vector index (HNSW: graph degree and build depth)."""
+    if index_type.upper() == "HNSW":
+        return {"M": 16, "efConstruction": 200}
+    if index_type.upper() == "IVF_FLAT":
+        return {"nlist": 1024}
+    return {}
+
+
+def ensure_collection(client: MilvusClient, name: str, dim: int, index_type: str = "HNSW") -> None:
     """Create the posts collection if missing; raise if an existing one differs."""
     expected: dict[str, tuple[str, int | None, int | None, bool]] = {
         "post_id": ("VARCHAR", None, 128, True),
@@ -132,7 +139,12 @@ def ensure_collection(
     for field_name, (dtype, params) in SCALAR_FIELDS.items():
         schema.add_field(field_name, dtype, **params)
     index = client.prepare_index_params()
-    index.add_index(field_name=VECTOR_FIELD, index_type=index_type, metric_type="COSINE")
+    index.add_index(
+        field_name=VECTOR_FIELD,
+        index_type=index_type,
+        metric_type="COSINE",
+        params=index_params(index_type),
+    )
     client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
     log.info("created Milvus collection %s (dim %d, %s)", name, dim, index_type)
 
@@ -148,7 +160,7 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
         collection: str,
         dim: int,
         max_rows: int = 256,
-        index_type: str = "AUTOINDEX",
+        index_type: str = "HNSW",
         uri: str | None = None,
     ) -> None:
         super().__init__(max_rows)
@@ -221,16 +233,25 @@ class PostIndex:
         return {row["post_id"]: dict(row) for row in rows}
 
     def search(
-        self, vectors: np.ndarray, top_k: int = 10, filter_expr: str = ""
+        self,
+        vectors: np.ndarray,
+        top_k: int = 10,
+        filter_expr: str = "",
+        offset: int = 0,
+        search_params: dict[str, Any] | None = None,
     ) -> list[list[SimilarPost]]:
-        """Cosine top-k for each query vector, one Milvus call for the whole batch."""
+        """Cosine top-k (after skipping ``offset`` hits) for each query vector, one Milvus
+        call for the whole batch."""
+        params: dict[str, Any] = {"metric_type": "COSINE", "params": dict(search_params or {})}
+        if offset:
+            params["offset"] = offset
         results = self.client.search(
             self.collection,
             data=[v.astype(np.float32).tolist() for v in vectors],
             limit=top_k,
             filter=filter_expr,
             output_fields=OUTPUT_FIELDS,
-            search_params={"metric_type": "COSINE"},
+            search_params=params,
         )
         return [
             [

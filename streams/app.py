@@ -19,7 +19,7 @@ from encoders.serving import ServedBundle
 from exporters.milvus import MilvusEmbeddingSink, connect
 from exporters.prometheus import CONTENT_TYPE, PipelineMetrics
 from streams.outputs import OutputWriter
-from streams.pipeline import PostPipeline
+from streams.pipeline import PostPipeline, served_bundle
 from streams.records import Envelope
 from streams.settings import Settings, bootstrap_servers, broker_profile
 from streams.stages.trends import StagedStore, TrendEvent
@@ -61,14 +61,7 @@ def build_components(
             metrics=PipelineMetrics(registry or CollectorRegistry()),
             executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="postpulse"),
         )
-    bundle = ServedBundle(
-        settings.bundle_path,
-        settings.device,
-        settings.intra_op_threads,
-        ocr=settings.ocr_enabled,
-        stt=settings.stt_enabled,
-        stt_beam_size=settings.stt_beam_size,
-    )
+    bundle = served_bundle(settings)
     metrics = PipelineMetrics(registry or CollectorRegistry())
     metrics.bundle_info.labels(
         bundle.version, bundle.manifest.fusion.strategy, bundle.provider
@@ -79,6 +72,7 @@ def build_components(
         settings.milvus_collection,
         bundle.dim,
         max_rows=settings.milvus_flush_rows,
+        index_type=settings.milvus_index_type,
         uri=settings.milvus_uri,
     )
     sink.setup()
@@ -141,6 +135,7 @@ def add_trend_counting(
             for partition, group in by_partition.items():
                 for event in group:
                     tracker.handle(event.value, partition)
+                tracker.end_batch(partition)  # the watermark goes after the windows
                 for key, value in staged.drain():
                     tracker.written(key, value)
                     if value is None:

@@ -1,4 +1,5 @@
-"""``postpulse`` command line: broker, worker, export, produce, similar, demo."""
+"""``postpulse`` command line: broker, worker, export, produce, search (similar, post,
+duplicates, events), the HTTP API, trends, data sets, training, demo."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         ("profile", "broker_profile"),
         ("app_id", "app_id"),
         ("role", "worker_role"),
+        ("api_host", "api_host"),
+        ("api_port", "api_port"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -139,24 +142,145 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_similar(args: argparse.Namespace) -> int:
-    from streams.similarity import SimilarityError, find_similar
+def _filters(args: argparse.Namespace) -> Any:
+    from streams.search import SearchFilters
+    from streams.trending import parse_at
 
-    settings = _settings(args)
-    try:
-        hits = find_similar(settings, post_id=args.post_id, text=args.text, top_k=args.top_k)
-    except SimilarityError as exc:
-        print(f"postpulse similar: {exc}", file=sys.stderr)
-        return 2
-    query = f"post {args.post_id}" if args.post_id else f"text {args.text!r}"
-    print(f"top {len(hits)} posts similar to {query}:")
-    for rank, hit in enumerate(hits, 1):
+    return SearchFilters(
+        since_ms=parse_at(args.since) if args.since else None,
+        until_ms=parse_at(args.until) if args.until else None,
+        platforms=tuple(args.platform or ()),
+        categories=tuple(args.category or ()),
+        sentiments=tuple(args.sentiment or ()),
+        min_popularity=args.min_popularity,
+        max_popularity=args.max_popularity,
+    )
+
+
+def _print_hits(hits: list[Any], title: str, as_json: bool, offset: int = 0) -> None:
+    import datetime as dt
+
+    from streams.search import hit_json
+
+    if as_json:
+        print(json.dumps({"hits": [hit_json(h) for h in hits], "offset": offset}, indent=2))
+        return
+    print(title)
+    print(
+        f"{'#':>4}  {'post':<28} {'score':>7}  {'created (UTC)':<16}  platform/category/sentiment"
+    )
+    for rank, hit in enumerate(hits, offset + 1):
         f = hit.fields
+        created = dt.datetime.fromtimestamp(int(f.get("created_at", 0)) / 1000, dt.UTC)
+        popularity = f.get("popularity")
+        pop = f"  popularity {popularity:.2f}" if popularity is not None else ""
         print(
-            f"{rank:>3}. {hit.post_id:<28} score {hit.score:.4f}  "
-            f"{f.get('platform', '')}/{f.get('category', '') or '-'}/{f.get('sentiment', '')}"
+            f"{rank:>4}. {hit.post_id:<28} {hit.score:>7.4f}  {created:%Y-%m-%d %H:%M}  "
+            f"{f.get('platform', '')}/{f.get('category', '') or '-'}/{f.get('sentiment', '')}{pop}"
         )
+
+
+def _search_service(args: argparse.Namespace) -> Any:
+    from streams.search import SearchService
+
+    return SearchService(_settings(args))
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from streams.search import MediaQuery
+
+    media = []
+    for kind in ("image", "audio", "video"):
+        path = getattr(args, kind)
+        if path:
+            file = Path(path)
+            if not file.is_file():
+                print(f"postpulse similar: no such file {file}", file=sys.stderr)
+                return 2
+            media.append(MediaQuery(kind, file.read_bytes()))
+    if bool(args.post_id) == bool(args.text or media):
+        print(
+            "postpulse similar: give a POST_ID, or --text and/or --image/--audio/--video "
+            "(not both)",
+            file=sys.stderr,
+        )
+        return 2
+    filters = _filters(args)
+    with _search_service(args) as service:
+        if args.post_id:
+            hits = service.similar_to_post(args.post_id, filters, args.top_k, args.offset)
+            query = f"post {args.post_id}"
+        else:
+            hits = service.similar_to_query(args.text, media, filters, args.top_k, args.offset)
+            query = " + ".join(
+                ([f"text {args.text!r}"] if args.text else []) + [m.kind for m in media]
+            )
+    _print_hits(hits, f"posts most similar to {query}:", args.json, args.offset)
     return 0
+
+
+def cmd_post(args: argparse.Namespace) -> int:
+    with _search_service(args) as service:
+        row = service.get_post(args.post_id)
+    if args.json:
+        print(json.dumps(row, indent=2))
+    else:
+        for key, value in row.items():
+            print(f"{key:>15}: {value}")
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    with _search_service(args) as service:
+        threshold = args.threshold or service.settings.near_duplicate_threshold
+        hits = service.near_duplicates(args.post_id, threshold, args.top_k)
+    _print_hits(hits, f"near-duplicates of {args.post_id} (cosine >= {threshold}):", args.json)
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from streams.stages.trends import parse_duration
+    from streams.trending import parse_at
+
+    with _search_service(args) as service:
+        groups = service.event_groups(
+            parse_at(args.since),
+            parse_at(args.until),
+            args.threshold,
+            parse_duration(args.window) if args.window else None,
+            args.min_size,
+        )
+    if args.group:
+        groups = [g for g in groups if g.group_id == args.group]
+        if not groups:
+            print(f"postpulse events: no group {args.group!r} in the range", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps({"groups": [g.to_json() for g in groups]}, indent=2))
+        return 0
+    print(f"{len(groups)} event group(s):")
+    for g in groups:
+        start = dt.datetime.fromtimestamp(g.start_ms / 1000, dt.UTC)
+        cats = ", ".join(f"{c or '-'} {n}" for c, n in g.categories.items())
+        print(f"  {g.group_id:<28} {len(g.post_ids):>4} posts from {start:%Y-%m-%d %H:%M} ({cats})")
+        if args.group:
+            for post_id in g.post_ids:
+                print(f"    {post_id}")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    if args.openapi:
+        from streams.openapi import write_spec
+
+        write_spec(Path(args.openapi))
+        print(f"OpenAPI description written to {args.openapi}")
+        return 0
+    from streams.api import run_api
+
+    return run_api(_settings(args))
 
 
 def _print_trends(body: dict[str, Any]) -> None:
@@ -490,13 +614,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic")
     p.set_defaults(func=cmd_produce)
 
-    p = sub.add_parser("similar", help="posts most similar to a post id or a text")
-    _add_common(p, broker=False, milvus=True)
+    def search_flags(p: argparse.ArgumentParser, filters: bool = True) -> None:
+        _add_common(p, broker=False, milvus=True)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        if not filters:
+            return
+        p.add_argument("--since", help="created_at from (RFC 3339 or epoch ms)")
+        p.add_argument("--until", help="created_at before (RFC 3339 or epoch ms)")
+        p.add_argument("--platform", action="append", help="only this platform (repeatable)")
+        p.add_argument("--category", action="append", help="only this category (repeatable)")
+        p.add_argument("--sentiment", action="append", choices=["negative", "neutral", "positive"])
+        p.add_argument("--min-popularity", type=float)
+        p.add_argument("--max-popularity", type=float)
+        p.add_argument("--top-k", type=int, default=10)
+        p.add_argument("--offset", type=int, default=0, help="skip this many hits (paging)")
+
+    p = sub.add_parser("similar", help="posts most similar to a post, a text or a media file")
+    search_flags(p)
     p.add_argument("post_id", nargs="?")
     p.add_argument("--text")
-    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--image", help="search by this image file")
+    p.add_argument("--audio", help="search by this audio file")
+    p.add_argument("--video", help="search by this video file")
     p.add_argument("--bundle")
     p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("post", help="a stored post's analysis")
+    search_flags(p, filters=False)
+    p.add_argument("post_id")
+    p.set_defaults(func=cmd_post)
+
+    p = sub.add_parser("duplicates", help="near-duplicates of a stored post")
+    search_flags(p, filters=False)
+    p.add_argument("post_id")
+    p.add_argument("--threshold", type=float, help="cosine (default: settings)")
+    p.add_argument("--top-k", type=int, default=50)
+    p.set_defaults(func=cmd_duplicates)
+
+    p = sub.add_parser("events", help="groups of posts about the same event in a time range")
+    search_flags(p, filters=False)
+    p.add_argument("--since", required=True, help="RFC 3339 or epoch ms")
+    p.add_argument("--until", required=True, help="RFC 3339 or epoch ms")
+    p.add_argument("--threshold", type=float, help="cosine linking two posts (default: settings)")
+    p.add_argument("--window", help="longest time between linked posts, e.g. 6h")
+    p.add_argument("--min-size", type=int, default=2)
+    p.add_argument("--group", help="only this group (its id), with its posts")
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("api", help="the HTTP search and query API (bearer token required)")
+    _add_common(p, broker=True, milvus=True)
+    p.add_argument("--host", dest="api_host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", dest="api_port", type=int, help="listen port (default 8080)")
+    p.add_argument("--openapi", metavar="PATH", help="write the OpenAPI description and exit")
+    p.add_argument("--bundle")
+    p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("demo", help="broker + worker + sample posts, end to end, then a summary")
     p.add_argument("--bundle", default="models/default")
@@ -516,13 +687,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("kafka", "aiokafka", "httpx", "pymilvus", "faiss", "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.command == "similar" and bool(args.post_id) == bool(args.text):
-        print("postpulse similar: give a POST_ID or --text, not both", file=sys.stderr)
-        return 2
     from encoders.bundle import BundleError
     from encoders.training.errors import CacheMismatchError, CorpusUnavailableError
     from exporters.milvus import SchemaMismatchError
     from streams.broker import BrokerError
+    from streams.search import SearchError
 
     try:
         return int(args.func(args))
@@ -533,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         ValidationError,
         CorpusUnavailableError,
         CacheMismatchError,
+        SearchError,
     ) as exc:
         print(f"postpulse {args.command}: {exc}", file=sys.stderr)
         return 2

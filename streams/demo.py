@@ -23,8 +23,8 @@ from streams.broker import LocalBroker, ensure_topics, free_port
 from streams.output_reader import CollectedOutputs, OutputReader
 from streams.producer import produce
 from streams.samples import SamplePost, broken_posts, mixed_stream, trend_stream
+from streams.search import find_similar
 from streams.settings import LOCAL_BROKER_PROFILE, Settings
-from streams.similarity import find_similar
 from streams.stages.trends import ALL_POSTS
 from streams.topics import all_topic_names, trends_changelog_topic
 from streams.trending import ChangelogTrendReader, trends_query

@@ -18,12 +18,29 @@ from exporters.base import BackpressureError, Sink
 from exporters.milvus import EmbeddingRow
 from exporters.prometheus import PipelineMetrics
 from streams.pipeline import BatchOutcome
+from streams.stages.analyse import AnalysedPost
 from streams.stages.trends import TrendEvent
 
 log = logging.getLogger(__name__)
 
 SendRecord = Callable[[bytes | None, bytes], Awaitable[None]]
 """Publishes one record (key, value) and returns once the broker has acknowledged it."""
+
+
+def embedding_row(analysed: AnalysedPost) -> EmbeddingRow:
+    """The Milvus row of an analysed post."""
+    a = analysed.analysis
+    return EmbeddingRow(
+        post_id=a.post_id,
+        embedding=analysed.embedding,
+        created_at=a.created_at_ms,
+        platform=a.platform,
+        category=a.category or "",
+        sentiment=a.sentiment,
+        popularity=a.popularity,
+        modality_mask=analysed.modality_mask,
+        bundle_version=a.bundle_version,
+    )
 
 
 class OutputWriter:
@@ -51,20 +68,7 @@ class OutputWriter:
         """Write everything; returns only when all of it is durable."""
         loop = asyncio.get_running_loop()
         for analysed in outcome.analysed:
-            a = analysed.analysis
-            self.embeddings.add(
-                EmbeddingRow(
-                    post_id=a.post_id,
-                    embedding=analysed.embedding,
-                    created_at=a.created_at_ms,
-                    platform=a.platform,
-                    category=a.category or "",
-                    sentiment=a.sentiment,
-                    popularity=a.popularity,
-                    modality_mask=analysed.modality_mask,
-                    bundle_version=a.bundle_version,
-                )
-            )
+            self.embeddings.add(embedding_row(analysed))
         start = time.perf_counter()
         await self._retry(
             "milvus", lambda: loop.run_in_executor(self.executor, self.embeddings.flush)

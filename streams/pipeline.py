@@ -24,6 +24,18 @@ from streams.stages.validate import PostValidator, ValidatedPost, ValidationLimi
 log = logging.getLogger(__name__)
 
 
+def served_bundle(settings: Settings) -> ServedBundle:
+    """The model bundle loaded as ``settings`` configure it (device, threads, OCR, STT)."""
+    return ServedBundle(
+        settings.bundle_path,
+        settings.device,
+        settings.intra_op_threads,
+        ocr=settings.ocr_enabled,
+        stt=settings.stt_enabled,
+        stt_beam_size=settings.stt_beam_size,
+    )
+
+
 @dataclass
 class BatchOutcome:
     """Everything one batch produced; every input message is in exactly one list."""

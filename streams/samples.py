@@ -337,3 +337,179 @@ def trend_stream(
         burst_end_ms=burst_start + hour,
         emerging_start_ms=emerging_start,
     )
+
+
+@dataclass
+class NearDuplicateSet:
+    """Originals and their re-posted variants (``variant_of``: variant id -> original id)."""
+
+    posts: list[SamplePost]
+    variant_of: dict[str, str]
+
+
+_SUBJECTS = [
+    "fire crews",
+    "the mayor",
+    "a local bakery",
+    "our school choir",
+    "the river ferry",
+    "city hall",
+    "the night market",
+    "a stray dog",
+    "the football club",
+    "a jazz trio",
+    "the old lighthouse",
+    "two climbers",
+    "the tram line",
+    "a street artist",
+    "the museum",
+]
+_EVENTS = [
+    "closed the north bridge after a crash",
+    "won the regional cup in extra time",
+    "opened a free clinic for kids",
+    "painted a mural on the station wall",
+    "rescued a family from the flooded basement",
+    "cancelled the parade because of storms",
+    "found a rare fossil near the quarry",
+    "raised money for the animal shelter",
+    "started a night shift at the harbour",
+    "played a surprise gig at the park",
+]
+_PLACES = ["Riverside", "Oak Hill", "the harbour", "Old Town", "Northgate", "Elm Park"]
+
+
+def source_image_jpeg(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A source picture drawn from ``seed``: one of several backgrounds (gradient, stripes,
+    checks, rings, smooth noise) in its own palette, under a dozen shapes and lines
+    (no lettering: OCR text would join the post's text) — varied enough that different seeds do not look alike to an image model."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    palette = rng.integers(0, 256, (4, 3)).astype(np.float32)
+    kind = seed % 5
+    if kind == 0:  # gradient at an angle
+        t = np.cos(rng.random() * np.pi) * xx / w + np.sin(rng.random() * np.pi) * yy / h
+    elif kind == 1:  # stripes
+        angle, period = rng.random() * np.pi, rng.uniform(8, 40)
+        t = 0.5 + 0.5 * np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / period)
+    elif kind == 2:  # checks
+        cell = int(rng.integers(10, 48))
+        t = ((xx // cell + yy // cell) % 2).astype(np.float32)
+    elif kind == 3:  # rings
+        cx, cy, period = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(10, 50)
+        t = 0.5 + 0.5 * np.sin(np.hypot(xx - cx, yy - cy) * 2 * np.pi / period)
+    else:  # smooth noise
+        coarse = rng.random((int(rng.integers(3, 9)), int(rng.integers(3, 9))))
+        t = (
+            np.asarray(
+                Image.fromarray((coarse * 255).astype(np.uint8)).resize(
+                    (w, h), Image.Resampling.BICUBIC
+                ),
+                dtype=np.float32,
+            )
+            / 255.0
+        )
+    t = np.clip(t, 0, 1)[..., None]
+    pixels = palette[0] * (1 - t) + palette[1] * t + rng.normal(0, 4, (h, w, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(6, 16))):
+        x0, y0 = int(rng.integers(0, w - 30)), int(rng.integers(0, h - 30))
+        x1, y1 = x0 + int(rng.integers(15, 140)), y0 + int(rng.integers(15, 110))
+        colour = tuple(int(c) for c in palette[int(rng.integers(2, 4))] * rng.uniform(0.5, 1.2))
+        shape = int(rng.integers(0, 4))
+        if shape == 0:
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
+        elif shape == 1:
+            draw.rectangle((x0, y0, x1, y1), fill=colour, outline=(0, 0, 0))
+        elif shape == 2:
+            draw.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(2, 10)))
+        else:
+            points = [(int(rng.integers(0, w)), int(rng.integers(0, h))) for _ in range(5)]
+            draw.polygon(points, fill=colour)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=92)  # as a camera or the platform would store it
+    return buf.getvalue()
+
+
+def repost_image(png: bytes, seed: int) -> bytes:
+    """The same picture posted again: cropped (85-95% of each side, off-centre),
+    resized (60-90%) and re-encoded as JPEG (quality 40-75)."""
+    rng = random.Random(seed)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    w, h = image.size
+    cw, ch = int(w * rng.uniform(0.85, 0.95)), int(h * rng.uniform(0.85, 0.95))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    image = image.crop((x, y, x + cw, y + ch))
+    scale = rng.uniform(0.6, 0.9)
+    image = image.resize(
+        (max(8, int(cw * scale)), max(8, int(ch * scale))), Image.Resampling.BILINEAR
+    )
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=rng.randint(40, 75))
+    return buf.getvalue()
+
+
+def repost_text(text: str, seed: int) -> str:
+    """The same text posted again with small edits: a typo, a dropped or repeated word,
+    changed case, a prefix or a trailing hashtag (two of these)."""
+    rng = random.Random(seed)
+    words = text.split()
+
+    def typo(ws: list[str]) -> list[str]:
+        i = rng.randrange(len(ws))
+        w = ws[i]
+        if len(w) > 3:
+            j = rng.randrange(len(w) - 1)
+            ws[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
+        return ws
+
+    edits = [
+        typo,
+        lambda ws: ws[:-1] if len(ws) > 6 else ws,
+        lambda ws: [ws[0].upper(), *ws[1:]],
+        lambda ws: ["RT:", *ws],
+        lambda ws: [*ws, "#repost"],
+        lambda ws: [*ws, "!!"],
+    ]
+    for edit in rng.sample(edits, 2):
+        words = edit(list(words))
+    return " ".join(words)
+
+
+def near_duplicate_set(
+    images: int = 50, texts: int = 50, seed: int = 23, start_ms: int = 1_767_571_200_000
+) -> NearDuplicateSet:
+    """``images`` image posts and ``texts`` text posts, each posted again later as a
+    variant (image: cropped, resized, re-encoded; text: small edits)."""
+    rng = random.Random(seed)
+    posts: list[SamplePost] = []
+    variant_of: dict[str, str] = {}
+
+    def add(post_id: str, minute: int, text: str = "", image: bytes | None = None) -> None:
+        doc: dict[str, object] = {
+            "post_id": post_id,
+            "platform": _PLATFORMS[len(posts) % len(_PLATFORMS)],
+            "author_id": f"user-{rng.randint(1, 500)}",
+            "created_at": start_ms + minute * 60_000,
+            "text": text,
+        }
+        if image is not None:
+            doc["media"] = [_inline("image", image)]
+        posts.append(SamplePost(json.dumps(doc).encode(), post_id, None))
+
+    for i in range(images):
+        png = source_image_jpeg(seed * 1000 + i)
+        add(f"img-{i:03d}", i, image=png)
+        add(f"img-{i:03d}-repost", 200 + i, image=repost_image(png, seed + i))
+        variant_of[f"img-{i:03d}-repost"] = f"img-{i:03d}"
+    combos = [(s, e, p) for s in _SUBJECTS for e in _EVENTS for p in _PLACES]
+    for i, (subject, event, place) in enumerate(rng.sample(combos, texts)):
+        text = f"{subject.capitalize()} {event} in {place} this morning"
+        add(f"txt-{i:03d}", 400 + i, text=text)
+        add(f"txt-{i:03d}-repost", 600 + i, text=repost_text(text, seed + i))
+        variant_of[f"txt-{i:03d}-repost"] = f"txt-{i:03d}"
+    return NearDuplicateSet(posts, variant_of)

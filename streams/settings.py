@@ -45,6 +45,32 @@ class Settings(BaseSettings):
     milvus_token: SecretStr = SecretStr("")
     milvus_collection: str = "posts"
     milvus_flush_rows: int = Field(default=256, ge=1)
+    milvus_index_type: Literal["HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX"] = Field(
+        default="HNSW", description="vector index of a new collection"
+    )
+    milvus_search_ef: int = Field(
+        default=1024, ge=1, description="HNSW search depth (raised to top_k + offset)"
+    )
+
+    near_duplicate_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="cosine above which a post is a near-duplicate"
+    )
+    event_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="cosine linking two posts into one event group"
+    )
+    event_window: str = Field(
+        default="6h", description="posts further apart in time are not linked into an event"
+    )
+    event_max_posts: int = Field(default=20_000, ge=1, description="posts one grouping reads")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    api_token: SecretStr = Field(
+        default=SecretStr(""), description="bearer token the API requires (required to start)"
+    )
+    api_max_body_bytes: int = Field(
+        default=25 * 1024 * 1024, ge=1024, description="largest request body (uploads)"
+    )
 
     data_dir: Path = Path("data")
     web_host: str = "127.0.0.1"

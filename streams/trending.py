@@ -100,6 +100,10 @@ class TrendTracker:
             )
         return result.outcome
 
+    def end_batch(self, partition: int) -> None:
+        """A batch of ``partition`` is applied: store its watermark after its windows."""
+        self.counter.checkpoint(partition)
+
     def refresh(self) -> None:
         """Recompute the top-K gauges from this worker's windows at its newest event time."""
         self.metrics.hashtags_tracked.set(self.counter.tracked_hashtags())

@@ -10,8 +10,8 @@ any Kafka client):
 
 - ``["b", partition, size_ms, topic, start_ms]`` -> ``{"n", "s": [neg, neu, pos],
   "src": {source_partition: last_source_offset}}``: a tumbling window of one size;
-- ``["h", partition, topic]`` -> ``{"c", "e"}``: a tracked hashtag's or key phrase's
-  space-saving counter (count, overestimate);
+- ``["h", partition, topic]`` -> ``{"c", "e", "src"}``: a tracked hashtag's or key
+  phrase's space-saving counter (count, overestimate, last source offsets taken);
 - ``["w", partition]`` -> ``{"src": {source_partition: max_created_at_ms}}``: the
   newest post time seen per partition of the ``posts`` topic (lateness, expiry).
 
@@ -229,6 +229,8 @@ class StagedStore:
 @dataclass
 class _PartitionState:
     sketch: SpaceSaving[str]
+    # per tracked topic, the last source offset its counter took, per posts partition
+    sketch_src: dict[str, dict[str, int]] = field(default_factory=dict)
     topic_keys: dict[str, set[bytes]] = field(default_factory=dict)
     watermark: dict[str, int] = field(default_factory=dict)
     saved_watermark: dict[str, int] = field(default_factory=dict)
@@ -276,6 +278,7 @@ class TrendCounter:
             elif parts[0] == "h":
                 value = json.loads(self.store.get(raw))
                 sketch_entries.append((parts[2], int(value["c"]), int(value["e"])))
+                state.sketch_src[parts[2]] = {k: int(v) for k, v in value.get("src", {}).items()}
             elif parts[0] == "w":
                 state.watermark = {
                     k: int(v) for k, v in json.loads(self.store.get(raw))["src"].items()
@@ -302,34 +305,35 @@ class TrendCounter:
             for key, value in ((k, self._bucket(k)) for k in keys)
             if value["src"].get(source, -1) < event.source_offset
         ]
-        if not fresh:
-            return ApplyResult("duplicate")
         # Lateness is judged within the post's own partition of the posts topic (the
         # order of a partition is fixed, so replays and restarts decide alike); windows
-        # expire by the slowest partition's progress.
+        # expire by the slowest partition's progress. The watermark is stored by
+        # checkpoint() after a batch's windows, so a restarted worker resumes with the
+        # watermark its stored counts were decided under, never a later one; redelivered
+        # events move it as they did the first time.
         newest = state.watermark.get(source, event.created_at_ms)
         state.watermark[source] = max(newest, event.created_at_ms)
-        # saved when it moved by 1/20 of the lateness bound (one changelog record per
-        # event would double the table's traffic); after a restart lateness is judged
-        # against a watermark at most that much behind
-        if state.watermark[source] - state.saved_watermark.get(source, -(2**62)) >= max(
-            1, self.config.lateness_ms // 20
-        ):
-            self.store[encode_key("w", partition)] = json.dumps({"src": state.watermark}).encode()
-            state.saved_watermark = dict(state.watermark)
-        if event.created_at_ms < newest - self.config.lateness_ms:
+        if not fresh:
+            return ApplyResult("duplicate")
+        counted_before = len(fresh) < len(keys)  # accepted once: a crash lost some windows
+        if event.created_at_ms < newest - self.config.lateness_ms and not counted_before:
             return ApplyResult("late")
         watermark = min(state.watermark.values())
         evicted = None
-        if topic_kind(event.topic) in COUNTED_BY_SKETCH and (
-            len(fresh) == len(keys) or event.topic not in state.sketch
+        # the counter, like a window, remembers the offsets it took: exact under redelivery
+        sketch_src = state.sketch_src.get(event.topic, {})
+        if (
+            topic_kind(event.topic) in COUNTED_BY_SKETCH
+            and sketch_src.get(source, -1) < event.source_offset
         ):
             evicted = state.sketch.offer(event.topic)
             if evicted is not None:
                 self._forget(state, partition, evicted)
+            sketch_src = state.sketch_src.setdefault(event.topic, sketch_src)
+            sketch_src[source] = event.source_offset
             counted = state.sketch.counters[event.topic]
             self.store[encode_key("h", partition, event.topic)] = json.dumps(
-                {"c": counted.count, "e": counted.error}
+                {"c": counted.count, "e": counted.error, "src": sketch_src}
             ).encode()
         sentiment = SENTIMENTS.index(event.sentiment)
         bucket_keys = state.topic_keys.setdefault(event.topic, set())
@@ -342,6 +346,17 @@ class TrendCounter:
         self._expire(state, event.topic, watermark)
         return ApplyResult("counted", evicted)
 
+    def checkpoint(self, partition: int) -> None:
+        """Store the partition's watermark if it moved. Call after each batch of the
+        partition: written after the batch's windows (the changelog keeps that order), a
+        stored watermark never runs ahead of the stored counts, so events redelivered
+        after a crash are judged late or not exactly as they were the first time."""
+        state = self._partitions.get(partition)
+        if state is None or state.watermark == state.saved_watermark:
+            return
+        self.store[encode_key("w", partition)] = json.dumps({"src": state.watermark}).encode()
+        state.saved_watermark = dict(state.watermark)
+
     def _bucket(self, key: bytes) -> dict[str, Any]:
         raw = self.store.get(key)
         if raw is None:
@@ -353,6 +368,7 @@ class TrendCounter:
         """Drop an evicted hashtag's windows and counter: memory stays bounded."""
         for key in state.topic_keys.pop(topic, set()):
             del self.store[key]
+        state.sketch_src.pop(topic, None)
         key = encode_key("h", partition, topic)
         if self.store.get(key) is not None:
             del self.store[key]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.run import bench_image_encoder, bench_text_encoder, bench_text_preprocessing
+from benchmarks.search import bench_search
 from benchmarks.trends import bench_hashtag_memory, bench_topics_stage
 from encoders.serving import ServedBundle
 
@@ -40,3 +41,16 @@ def test_trends_benchmark_measures_the_batch_it_counts(served_bundle: ServedBund
     )
     memory = bench_hashtag_memory(distinct=20_000, capacity=100)
     assert memory["memory_ratio"] < 0.5  # 100 counters against 20,000
+
+
+def test_search_benchmark_compares_indexes_on_the_same_rows() -> None:
+    result = bench_search(rows=1500, dim=16, queries=40, top_k=5)
+    assert result["rows"] == 1500 and result["queries"] == 40
+    for index in ("hnsw", "flat"):
+        timing = result[index]
+        assert 0 < timing["single_ms"]["p50"] <= timing["single_ms"]["p99"]
+        assert timing["insert_rows_per_s"] > 0
+    # HNSW answers are compared with the exact FLAT answers of the same queries
+    assert 0.5 <= result["recall_at_k"] <= 1.0
+    ratio = result["hnsw"]["single_ms"]["p50"] / result["flat"]["single_ms"]["p50"]
+    assert abs(result["hnsw_vs_flat_p50"] - ratio) <= 1e-9 * ratio

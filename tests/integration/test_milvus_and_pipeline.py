@@ -21,8 +21,8 @@ from exporters.milvus import (
 from streams.pipeline import PostPipeline
 from streams.records import DeadLetterReason, Envelope
 from streams.samples import broken_posts, valid_posts
+from streams.search import SearchError, find_similar
 from streams.settings import Settings
-from streams.similarity import SimilarityError, find_similar
 
 
 def _row(i: int, vec: np.ndarray) -> EmbeddingRow:
@@ -141,7 +141,7 @@ def test_same_text_post_is_nearest_neighbour(
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
     by_text = find_similar(settings, text=twin["text"], top_k=2)
     assert {h.post_id for h in by_text} == {"twin-of-17", original["post_id"]}
-    with pytest.raises(SimilarityError, match="not in"):
+    with pytest.raises(SearchError, match="not stored"):
         find_similar(settings, post_id="nope")
     cli = subprocess.run(
         [
@@ -164,8 +164,14 @@ def test_same_text_post_is_nearest_neighbour(
         check=False,
     )
     assert cli.returncode == 0, cli.stderr
-    first = cli.stdout.splitlines()[1]
-    assert original["post_id"] in first and "score 1.0000" in first
+    rank, post_id, score = cli.stdout.splitlines()[2].split()[:3]  # title, header, hits
+    assert (rank, post_id) == ("1.", original["post_id"]) and float(score) == pytest.approx(1.0)
+    as_json = subprocess.run(
+        [*cli.args, "--json", "--platform", original["platform"]], capture_output=True, text=True
+    )
+    hits = json.loads(as_json.stdout)["hits"]
+    assert hits[0]["post_id"] == original["post_id"]
+    assert {h["platform"] for h in hits} == {original["platform"]}
 
 
 def test_dead_letter_for_oversized_text_keeps_the_original(pipeline: PostPipeline) -> None:

@@ -165,7 +165,7 @@ def test_worker_serves_the_trained_bundle(
     from collections import Counter
 
     from encoders.training.synth import CLASSES
-    from streams.similarity import find_similar
+    from streams.search import find_similar
 
     common = Counter(p.category for p in posts).most_common(1)[0][0]  # food: 18 of the 40
     words = CLASSES[common]["words"]

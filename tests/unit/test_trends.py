@@ -144,6 +144,7 @@ def test_staged_batches_leave_the_same_table_as_event_by_event() -> None:
     counter = TrendCounter(direct, TrendConfig(hashtag_capacity=4))
     for e in events:
         counter.apply(e, 0)
+        counter.checkpoint(0)
     table: dict[bytes, bytes] = {}
     staged = StagedStore(table)
     batched = TrendCounter(staged, TrendConfig(hashtag_capacity=4))
@@ -151,6 +152,7 @@ def test_staged_batches_leave_the_same_table_as_event_by_event() -> None:
     for start in range(0, len(events), 50):
         for e in events[start : start + 50]:
             batched.apply(e, 0)
+        batched.checkpoint(0)
         for key, value in staged.drain():  # what the agent writes to the table's changelog
             writes += 1
             if value is None:
@@ -160,6 +162,46 @@ def test_staged_batches_leave_the_same_table_as_event_by_event() -> None:
     assert table == direct
     # one record per touched key per batch instead of one per write
     assert writes < CountingDict.writes / 2, (writes, CountingDict.writes)
+
+
+def run_batches(
+    table: dict[bytes, bytes], batches: list[list[TrendEvent]], cut: int | None = None
+) -> list[str]:
+    """Count ``batches`` as the agent does (staged, checkpoint, drain into ``table``);
+    with ``cut``, the process dies after that many changelog writes of the last batch.
+    Returns the outcomes."""
+    staged = StagedStore(table)
+    counter = TrendCounter(
+        staged, TrendConfig(bucket_sizes_ms=(300_000, HOUR), lateness_ms=600_000)
+    )
+    outcomes = []
+    for i, batch in enumerate(batches):
+        outcomes += [counter.apply(e, 0).outcome for e in batch]
+        counter.checkpoint(0)
+        writes = staged.drain()
+        if cut is not None and i == len(batches) - 1:
+            writes = writes[:cut]
+        for key, value in writes:
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+    return outcomes
+
+
+def test_a_crash_anywhere_in_a_batch_changes_no_count_after_the_restart() -> None:
+    # out of order within the 10-minute lateness bound: minutes 7 and 3 come after 12
+    first = [event("#a", m, i) for i, m in enumerate([0, 2, 5])]
+    second = [event("#a", m, 3 + i) for i, m in enumerate([12, 7, 3, 25, 16, 40, 33])]
+    whole: dict[bytes, bytes] = {}
+    assert "late" not in run_batches(whole, [first, second])
+    for cut in range(0, 11):  # the second batch writes 7 + 1 windows, a counter, a watermark
+        table: dict[bytes, bytes] = {}
+        run_batches(table, [first, second], cut=cut)
+        # a restarted worker gets the second batch again (its offsets were not committed)
+        outcomes = run_batches(table, [second])
+        assert "late" not in outcomes, (cut, outcomes)
+        assert table == whole, cut
 
 
 def test_hashtag_windows_stay_bounded_in_the_store() -> None:
