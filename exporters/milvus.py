@@ -100,16 +100,24 @@ def _describe(field: dict[str, Any]) -> tuple[str, int | None, int | None, bool]
     )
 
 
-def index_params(index_type: str) -> dict[str, Any]:
+def index_params(
+    index_type: str, hnsw_m: int = 16, hnsw_ef_construction: int = 200
+) -> dict[str, Any]:
     """Build parameters of the vector index (HNSW: graph degree and build depth)."""
     if index_type.upper() == "HNSW":
-        return {"M": 16, "efConstruction": 200}
+        return {"M": hnsw_m, "efConstruction": hnsw_ef_construction}
     if index_type.upper() == "IVF_FLAT":
         return {"nlist": 1024}
     return {}
 
 
-def ensure_collection(client: MilvusClient, name: str, dim: int, index_type: str = "HNSW") -> None:
+def ensure_collection(
+    client: MilvusClient,
+    name: str,
+    dim: int,
+    index_type: str = "HNSW",
+    build_params: dict[str, Any] | None = None,
+) -> None:
     """Create the posts collection if missing; raise if an existing one differs."""
     expected: dict[str, tuple[str, int | None, int | None, bool]] = {
         "post_id": ("VARCHAR", None, 128, True),
@@ -143,7 +151,7 @@ def ensure_collection(client: MilvusClient, name: str, dim: int, index_type: str
         field_name=VECTOR_FIELD,
         index_type=index_type,
         metric_type="COSINE",
-        params=index_params(index_type),
+        params=index_params(index_type) if build_params is None else build_params,
     )
     client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
     log.info("created Milvus collection %s (dim %d, %s)", name, dim, index_type)
@@ -162,6 +170,7 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
         max_rows: int = 256,
         index_type: str = "HNSW",
         uri: str | None = None,
+        build_params: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(max_rows)
         self.uri = uri
@@ -169,9 +178,12 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
         self.collection = collection
         self.dim = dim
         self.index_type = index_type
+        self.build_params = build_params
 
     def setup(self) -> None:
-        ensure_collection(self.client, self.collection, self.dim, self.index_type)
+        ensure_collection(
+            self.client, self.collection, self.dim, self.index_type, self.build_params
+        )
 
     def write_batch(self, batch: list[EmbeddingRow]) -> None:
         # Within a batch the last write of a post wins, as it would across batches.

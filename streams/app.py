@@ -16,7 +16,7 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from encoders.serving import ServedBundle
-from exporters.milvus import MilvusEmbeddingSink, connect
+from exporters.milvus import MilvusEmbeddingSink, connect, index_params
 from exporters.prometheus import CONTENT_TYPE, PipelineMetrics
 from streams.outputs import OutputWriter
 from streams.pipeline import PostPipeline, served_bundle
@@ -74,6 +74,9 @@ def build_components(
         max_rows=settings.milvus_flush_rows,
         index_type=settings.milvus_index_type,
         uri=settings.milvus_uri,
+        build_params=index_params(
+            settings.milvus_index_type, settings.milvus_hnsw_m, settings.milvus_hnsw_ef_construction
+        ),
     )
     sink.setup()
     log.info(

@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -139,12 +140,20 @@ _TANSU_ENV = {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_
 
 
 def ensure_topics(
-    bootstrap: list[str], topics: list[str], partitions: int, replication: int = 1
+    bootstrap: list[str],
+    topics: list[str],
+    partitions: int,
+    replication: int = 1,
+    client_config: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created."""
+    """Create the topics that do not exist yet; returns the ones created.
+    ``client_config``: extra admin-client arguments (security)."""
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id="postpulse-admin", request_timeout_ms=15000
+            bootstrap_servers=bootstrap,
+            client_id="postpulse-admin",
+            request_timeout_ms=15000,
+            **(client_config or {}),
         )
     except KafkaError as exc:
         raise BrokerError(f"cannot reach a Kafka broker at {bootstrap}: {exc}") from exc

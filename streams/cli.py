@@ -95,6 +95,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             all_topic_names(settings),
             settings.topic_partitions,
             1 if settings.broker_profile == "local" else 3,
+            broker_profile(settings).kafka_admin,
         )
     components = build_components(settings)
     app = create_app(components)
@@ -268,6 +269,18 @@ def cmd_events(args: argparse.Namespace) -> int:
         if args.group:
             for post_id in g.post_ids:
                 print(f"    {post_id}")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from streams.settings import settings_markdown
+
+    table = settings_markdown()
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+        print(f"settings table written to {args.markdown}")
+    else:
+        print(table, end="")
     return 0
 
 
@@ -660,6 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=2)
     p.add_argument("--group", help="only this group (its id), with its posts")
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("settings", help="every setting: environment variable, default, meaning")
+    p.add_argument("--markdown", metavar="PATH", help="write the table (docs/settings.md)")
+    p.set_defaults(func=cmd_settings)
 
     p = sub.add_parser("api", help="the HTTP search and query API (bearer token required)")
     _add_common(p, broker=True, milvus=True)

@@ -6,11 +6,12 @@ Nothing else in postpulse reads the environment: build :class:`Settings` at the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, FilePath, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,34 +20,84 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="POSTPULSE_", frozen=True, extra="ignore")
 
-    app_id: str = "postpulse"
-    broker_url: str = "kafka://127.0.0.1:9092"
+    app_id: str = Field(
+        default="postpulse",
+        description="Faust app id and consumer group ('<id>-trends' for the trends worker)",
+    )
+    broker_url: str = Field(
+        default="kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers, e.g. kafka://k1:9092;k2:9092",
+    )
     broker_profile: Literal["local", "kafka"] = Field(
         default="local",
         description="'local' tunes clients for the bundled tansu broker; 'kafka' for Apache Kafka.",
     )
-    topic_posts: str = "posts"
-    topic_dlq: str = "posts.dlq"
-    topic_analyses: str = "post-analyses"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="how clients talk to Kafka"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="SASL mechanism (SASL_* protocols)"
+    )
+    kafka_sasl_username: str = Field(default="", description="SASL user name")
+    kafka_sasl_password: SecretStr = Field(
+        default=SecretStr(""), description="SASL password (secret, never logged)"
+    )
+    kafka_ssl_cafile: FilePath | None = Field(
+        default=None, description="CA bundle that signed the brokers' certificates (SSL, SASL_SSL)"
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        default=None, description="client certificate for mutual TLS (PEM)"
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(
+        default=None, description="client key for mutual TLS"
+    )
+    topic_posts: str = Field(default="posts", description="incoming posts")
+    topic_dlq: str = Field(
+        default="posts.dlq", description="dead letters (rejected posts with the reason)"
+    )
+    topic_analyses: str = Field(default="post-analyses", description="one analysis record per post")
     worker_role: Literal["posts", "trends"] = Field(
         default="posts", description="'posts' analyses posts; 'trends' counts trend events"
     )
-    topic_trend_events: str = "post-trend-events"
-    topic_partitions: int = Field(default=4, ge=1)
+    topic_trend_events: str = Field(
+        default="post-trend-events",
+        description="per-topic trend events, keyed by topic (posts worker -> trends worker)",
+    )
+    topic_partitions: int = Field(
+        default=4,
+        ge=1,
+        description="partitions when postpulse creates the topics (workers <= partitions)",
+    )
 
     max_batch: int = Field(default=32, ge=1, description="posts per encoder batch")
     max_wait_ms: int = Field(default=200, ge=1, description="longest wait to fill a batch")
 
-    bundle_path: Path = Path("models/default")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bundle_path: Path = Field(
+        default=Path("models/default"),
+        description="model bundle folder (encoders + fusion, from 'postpulse export' or 'train')",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="'auto' (CUDA when its libraries load, else CPU), 'cpu' or 'cuda'",
+    )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads, 0 = auto")
 
-    milvus_uri: str = "./data/milvus.db"
-    milvus_token: SecretStr = SecretStr("")
-    milvus_collection: str = "posts"
-    milvus_flush_rows: int = Field(default=256, ge=1)
+    milvus_uri: str = Field(
+        default="./data/milvus.db",
+        description="Milvus Lite file path, or a Milvus server URI (http://host:19530)",
+    )
+    milvus_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Milvus credentials, 'user:password' or an API key (secret)",
+    )
+    milvus_collection: str = Field(default="posts", description="collection of post embeddings")
+    milvus_flush_rows: int = Field(default=256, ge=1, description="rows per Milvus upsert")
     milvus_index_type: Literal["HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX"] = Field(
         default="HNSW", description="vector index of a new collection"
+    )
+    milvus_hnsw_m: int = Field(default=16, ge=2, le=2048, description="HNSW graph degree")
+    milvus_hnsw_ef_construction: int = Field(
+        default=200, ge=1, description="HNSW build depth (index quality vs build time)"
     )
     milvus_search_ef: int = Field(
         default=1024, ge=1, description="HNSW search depth (raised to top_k + offset)"
@@ -63,8 +114,8 @@ class Settings(BaseSettings):
     )
     event_max_posts: int = Field(default=20_000, ge=1, description="posts one grouping reads")
 
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8080, ge=0, le=65535)
+    api_host: str = Field(default="127.0.0.1", description="'postpulse api' listen address")
+    api_port: int = Field(default=8080, ge=0, le=65535, description="'postpulse api' listen port")
     api_token: SecretStr = Field(
         default=SecretStr(""), description="bearer token the API requires (required to start)"
     )
@@ -72,30 +123,49 @@ class Settings(BaseSettings):
         default=25 * 1024 * 1024, ge=1024, description="largest request body (uploads)"
     )
 
-    data_dir: Path = Path("data")
-    web_host: str = "127.0.0.1"
-    web_port: int = Field(default=6066, ge=0, le=65535)
+    data_dir: Path = Field(
+        default=Path("data"), description="local state (Faust tables, demo files)"
+    )
+    web_host: str = Field(
+        default="127.0.0.1", description="worker web server address (/metrics, /healthz, /trends)"
+    )
+    web_port: int = Field(default=6066, ge=0, le=65535, description="worker web server port")
 
-    max_text_chars: int = Field(default=20_000, ge=1)
-    max_media_items: int = Field(default=16, ge=0)
-    max_media_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
-    max_image_pixels: int = Field(default=50_000_000, ge=1)
+    max_text_chars: int = Field(default=20_000, ge=1, description="longer texts are dead-lettered")
+    max_media_items: int = Field(
+        default=16, ge=0, description="more media items per post are dead-lettered"
+    )
+    max_media_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, description="largest media item (bytes)"
+    )
+    max_image_pixels: int = Field(
+        default=50_000_000, ge=1, description="larger images are refused (decompression bombs)"
+    )
     media_root: Path | None = Field(
         default=None, description="local media files are read only below this folder"
     )
-    output_retry_max_s: float = Field(default=30.0, gt=0)
+    output_retry_max_s: float = Field(
+        default=30.0, gt=0, description="longest back-off between retries of Milvus/Kafka writes"
+    )
 
     max_media_duration_s: float = Field(default=600.0, gt=0, description="longest video/audio")
-    max_frame_pixels: int = Field(default=4096 * 4096, ge=1)
+    max_frame_pixels: int = Field(default=4096 * 4096, ge=1, description="largest video frame")
     max_decode_s: float = Field(default=20.0, gt=0, description="wall-clock cap per media item")
-    video_sample_fps: float = Field(default=1.0, gt=0)
-    video_max_frames: int = Field(default=16, ge=1)
+    video_sample_fps: float = Field(
+        default=1.0, gt=0, description="frames sampled per second of video"
+    )
+    video_max_frames: int = Field(default=16, ge=1, description="frames sampled per video at most")
 
-    ocr_enabled: bool = True
-    ocr_frames_per_video: int = Field(default=3, ge=0)
-    stt_enabled: bool = True
-    stt_beam_size: int = Field(default=5, ge=1)
-    stt_min_speech_ratio: float = Field(default=0.1, ge=0, le=1)
+    ocr_enabled: bool = Field(default=True, description="read text in images and video frames")
+    ocr_frames_per_video: int = Field(default=3, ge=0, description="video frames read by OCR")
+    stt_enabled: bool = Field(default=True, description="transcribe speech in audio and video")
+    stt_beam_size: int = Field(default=5, ge=1, description="speech-to-text beam size")
+    stt_min_speech_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="transcribe only clips with at least this share of voice",
+    )
 
     trend_windows: str = Field(
         default="5m,1h,1d", description="window sizes counted per topic (tumbling, by created_at)"
@@ -106,7 +176,7 @@ class Settings(BaseSettings):
     trend_lateness: str = Field(
         default="10m", description="how late (event time) a post may arrive and still count"
     )
-    trend_top_k: int = Field(default=10, ge=1)
+    trend_top_k: int = Field(default=10, ge=1, description="trending topics per window")
     trend_min_support: int = Field(default=5, ge=1, description="posts a topic needs to rank")
     trend_history_windows: int = Field(default=24, ge=1, description="baseline windows")
     trend_hashtag_capacity: int = Field(
@@ -114,18 +184,28 @@ class Settings(BaseSettings):
     )
     trend_refresh_s: float = Field(default=15.0, gt=0, description="trend gauges refresh")
     trend_batch: int = Field(default=512, ge=1, description="trend events counted per batch")
-    emerging_similarity: float = Field(default=0.8, gt=0, le=1)
-    emerging_min_support: int = Field(default=5, ge=2)
+    emerging_similarity: float = Field(
+        default=0.8, gt=0, le=1, description="cosine to join an emerging-topic cluster"
+    )
+    emerging_min_support: int = Field(
+        default=5, ge=2, description="posts an emerging cluster needs to become a topic"
+    )
     emerging_max_category_prob: float = Field(
         default=0.5, ge=0, le=1, description="posts less sure of their category get clustered"
     )
 
-    fetch_enabled: bool = True
-    fetch_connect_timeout_s: float = Field(default=3.0, gt=0)
-    fetch_read_timeout_s: float = Field(default=10.0, gt=0)
-    fetch_total_timeout_s: float = Field(default=30.0, gt=0)
-    fetch_max_redirects: int = Field(default=3, ge=0)
-    fetch_concurrency: int = Field(default=16, ge=1)
+    fetch_enabled: bool = Field(default=True, description="fetch http(s) media")
+    fetch_connect_timeout_s: float = Field(
+        default=3.0, gt=0, description="media fetch connect timeout"
+    )
+    fetch_read_timeout_s: float = Field(default=10.0, gt=0, description="media fetch read timeout")
+    fetch_total_timeout_s: float = Field(
+        default=30.0, gt=0, description="media fetch total time limit"
+    )
+    fetch_max_redirects: int = Field(
+        default=3, ge=0, description="redirects followed (each one re-checked)"
+    )
+    fetch_concurrency: int = Field(default=16, ge=1, description="media fetched at once per batch")
     fetch_allowed_networks: tuple[str, ...] = Field(
         default=(),
         description="CIDRs media may be fetched from although private/loopback (default: none)",
@@ -140,6 +220,7 @@ class BrokerProfile:
     faust: dict[str, Any] = field(default_factory=dict)
     kafka_producer: dict[str, Any] = field(default_factory=dict)
     kafka_consumer: dict[str, Any] = field(default_factory=dict)
+    kafka_admin: dict[str, Any] = field(default_factory=dict)
 
 
 # The bundled tansu broker reports a wrong end offset for multi-record batches and
@@ -174,9 +255,64 @@ KAFKA_PROFILE = BrokerProfile(
 )
 
 
+def kafka_security(settings: Settings) -> dict[str, Any]:
+    """kafka-python client arguments for the configured security protocol."""
+    protocol = settings.kafka_security_protocol
+    config: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.startswith("SASL"):
+        config.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password.get_secret_value(),
+        )
+    if protocol.endswith("SSL"):
+        for name in ("cafile", "certfile", "keyfile"):
+            path = getattr(settings, f"kafka_ssl_{name}")
+            if path is not None:
+                config[f"ssl_{name}"] = str(path)
+    return config
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """Faust's ``broker_credentials`` for the configured protocol (None for PLAINTEXT)."""
+    import ssl
+
+    import faust
+
+    protocol = settings.kafka_security_protocol
+    context = None
+    if protocol.endswith("SSL"):
+        cafile = settings.kafka_ssl_cafile
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        if settings.kafka_ssl_certfile is not None:
+            context.load_cert_chain(
+                str(settings.kafka_ssl_certfile),
+                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            )
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context) if context is not None else None
+
+
 def broker_profile(settings: Settings) -> BrokerProfile:
-    """The client profile named by ``settings.broker_profile``."""
-    return LOCAL_BROKER_PROFILE if settings.broker_profile == "local" else KAFKA_PROFILE
+    """The client profile named by ``settings.broker_profile``, with the configured
+    security (TLS, SASL) added to every client it configures."""
+    base = LOCAL_BROKER_PROFILE if settings.broker_profile == "local" else KAFKA_PROFILE
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return base
+    security = kafka_security(settings)
+    return BrokerProfile(
+        name=base.name,
+        faust={**base.faust, "broker_credentials": faust_credentials(settings)},
+        kafka_producer={**base.kafka_producer, **security},
+        kafka_consumer={**base.kafka_consumer, **security},
+        kafka_admin=security,
+    )
 
 
 def bootstrap_servers(broker_url: str) -> list[str]:
@@ -191,3 +327,39 @@ def bootstrap_servers(broker_url: str) -> list[str]:
     if not servers:
         raise ValueError(f"no broker address in {broker_url!r}")
     return servers
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return "(secret, empty)" if not value.get_secret_value() else "(secret)"
+    if value is None or value == "" or value == ():
+        return "—"
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def settings_markdown() -> str:
+    """The settings table of docs/settings.md: every field's environment variable,
+    default and meaning, generated from :class:`Settings` (a test keeps it current)."""
+    lines = [
+        "# Settings",
+        "",
+        "Generated from `streams/settings.py` by",
+        "`postpulse settings --markdown docs/settings.md`; a test fails when this file is",
+        "stale. Every setting is an environment variable; CLI flags override the ones they",
+        "name. Lists are JSON; secrets are never logged.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, info in Settings.model_fields.items():
+        env = f"POSTPULSE_{name.upper()}"
+        description = (info.description or "").replace("|", "\\|")
+        default = _default_text(info.default)
+        if default != "—" and not default.startswith("(secret"):
+            default = f"`{default}`"
+        lines.append(f"| `{env}` | {default} | {description} |")
+    return "\n".join(lines) + "\n"

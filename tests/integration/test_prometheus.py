@@ -58,6 +58,15 @@ def test_rules_pass_promtool_check_and_unit_tests() -> None:
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
+def test_the_compose_prometheus_config_passes_promtool() -> None:
+    config = RULES.parent / "prometheus.yml"
+    check = subprocess.run(
+        [tool("promtool"), "check", "config", str(config)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS" in check.stdout + check.stderr and "12 rules found" in check.stdout
+
+
 def test_dashboards_use_the_provisioned_datasource() -> None:
     provisioned = (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()
     uid = re.search(r"uid:\s*(\S+)", provisioned)

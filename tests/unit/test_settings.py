@@ -1,0 +1,84 @@
+"""Settings: the generated table in docs is current; Kafka security reaches every client."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import certifi
+import faust
+import pytest
+from pydantic import ValidationError
+
+from streams.settings import (
+    KAFKA_PROFILE,
+    LOCAL_BROKER_PROFILE,
+    Settings,
+    broker_profile,
+    settings_markdown,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_settings_table_in_docs_is_generated_and_current() -> None:
+    committed = (ROOT / "docs" / "settings.md").read_text()
+    assert committed == settings_markdown(), (
+        "docs/settings.md is stale: run postpulse settings --markdown docs/settings.md"
+    )
+    for name, info in Settings.model_fields.items():
+        assert info.description, f"setting {name} has no description"
+        assert f"`POSTPULSE_{name.upper()}`" in committed
+
+
+def test_every_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTPULSE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("POSTPULSE_MILVUS_SEARCH_EF", "77")
+    monkeypatch.setenv("POSTPULSE_FETCH_ALLOWED_NETWORKS", '["10.0.0.0/8"]')
+    settings = Settings()
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.milvus_search_ef == 77
+    assert settings.fetch_allowed_networks == ("10.0.0.0/8",)
+    monkeypatch.setenv("POSTPULSE_KAFKA_SECURITY_PROTOCOL", "TELNET")
+    with pytest.raises(ValidationError, match="kafka_security_protocol"):
+        Settings()
+
+
+def test_plaintext_keeps_the_profiles_unchanged() -> None:
+    assert broker_profile(Settings()) is LOCAL_BROKER_PROFILE
+    assert broker_profile(Settings(broker_profile="kafka")) is KAFKA_PROFILE
+
+
+def test_sasl_ssl_reaches_faust_and_every_kafka_client() -> None:
+    settings = Settings(
+        broker_profile="kafka",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="postpulse",
+        kafka_sasl_password="hunter2",  # type: ignore[arg-type]
+        kafka_ssl_cafile=Path(certifi.where()),
+    )
+    profile = broker_profile(settings)
+    for client in (profile.kafka_producer, profile.kafka_consumer, profile.kafka_admin):
+        assert client["security_protocol"] == "SASL_SSL"
+        assert client["sasl_mechanism"] == "SCRAM-SHA-512"
+        assert client["sasl_plain_username"] == "postpulse"
+        assert client["sasl_plain_password"] == "hunter2"
+        assert client["ssl_cafile"] == certifi.where()
+    assert profile.kafka_producer["acks"] == "all"  # the profile's own settings stay
+    credentials = profile.faust["broker_credentials"]
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.mechanism.value == "SCRAM-SHA-512"
+    assert credentials.protocol.value == "SASL_SSL"
+    assert isinstance(credentials.ssl_context, ssl.SSLContext)
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+
+
+def test_tls_alone_gives_faust_an_ssl_context() -> None:
+    settings = Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=Path(certifi.where()))
+    profile = broker_profile(settings)
+    assert isinstance(profile.faust["broker_credentials"], faust.SSLCredentials)
+    assert profile.kafka_consumer["security_protocol"] == "SSL"
+    assert "sasl_mechanism" not in profile.kafka_consumer
+    with pytest.raises(ValidationError, match="kafka_ssl_cafile"):  # said at start-up
+        Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=Path("/nope/ca.pem"))
