@@ -272,6 +272,71 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    from streams.collect import CollectError, CollectState, HttpClient, MastodonTimeline, collect
+
+    settings = _settings(args)
+    client = HttpClient(token=settings.mastodon_token.get_secret_value())
+    source = MastodonTimeline(args.instance, client, hashtag=args.hashtag)
+    state_path = Path(
+        args.state
+        or settings.data_dir / "collect" / f"{source.name}.json".replace(":", "_").replace("#", "")
+    )
+    state = CollectState.load(state_path)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        posts_file = out.open("ab")
+        dlq_file = out.with_suffix(".dlq.jsonl").open("ab")
+
+        def emit(key: bytes, value: bytes) -> None:
+            posts_file.write(value + b"\n")
+
+        def dead_letter(value: bytes) -> None:
+            dlq_file.write(value + b"\n")
+
+        try:
+            result = collect(source, state, emit, dead_letter, args.max_posts)
+        except CollectError as exc:
+            print(f"postpulse collect: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            posts_file.close()
+            dlq_file.close()
+        where = f"{out} (dead letters: {out.with_suffix('.dlq.jsonl')})"
+    else:
+        from kafka import KafkaProducer
+
+        profile = broker_profile(settings)
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers(settings.broker_url), **profile.kafka_producer
+        )
+
+        def publish(key: bytes, value: bytes) -> None:
+            producer.send(settings.topic_posts, key=key, value=value)
+
+        def publish_dead_letter(value: bytes) -> None:
+            producer.send(settings.topic_dlq, value=value)
+
+        try:
+            result = collect(source, state, publish, publish_dead_letter, args.max_posts)
+            producer.flush()
+        except CollectError as exc:
+            print(f"postpulse collect: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            producer.close()
+        where = f"topic {settings.topic_posts} (dead letters: {settings.topic_dlq})"
+    print(
+        f"collected {result.posts} new posts from {source.name} in {result.pages} page(s) "
+        f"to {where}; {result.duplicates} already delivered, {result.dead_letters} "
+        f"dead-lettered; waited {client.waited_s:.0f}s for rate limits; "
+        f"{'source exhausted' if state.done else 'resume with the same command'} "
+        f"(state {state_path})"
+    )
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from streams.settings import settings_markdown
 
@@ -673,6 +738,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=2)
     p.add_argument("--group", help="only this group (its id), with its posts")
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("collect", help="collect posts from a platform API (resumable)")
+    csub = p.add_subparsers(dest="source", required=True)
+    q = csub.add_parser("mastodon", help="a Mastodon instance's public or hashtag timeline")
+    _add_common(q)
+    q.add_argument("--instance", required=True, help="e.g. https://mastodon.social")
+    q.add_argument("--hashtag", help="the hashtag timeline instead of the public one")
+    q.add_argument("--max-posts", type=int, help="stop after the page that reaches this")
+    q.add_argument("--out", help="append to this JSONL file instead of the posts topic")
+    q.add_argument("--state", help="cursor file (default: data/collect/<source>.json)")
+    q.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("settings", help="every setting: environment variable, default, meaning")
     p.add_argument("--markdown", metavar="PATH", help="write the table (docs/settings.md)")

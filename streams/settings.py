@@ -194,6 +194,12 @@ class Settings(BaseSettings):
         default=0.5, ge=0, le=1, description="posts less sure of their category get clustered"
     )
 
+    mastodon_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Mastodon access token for 'postpulse collect mastodon' (secret; "
+        "public timelines need none)",
+    )
+
     fetch_enabled: bool = Field(default=True, description="fetch http(s) media")
     fetch_connect_timeout_s: float = Field(
         default=3.0, gt=0, description="media fetch connect timeout"
