@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -272,67 +273,238 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collect_source(args: argparse.Namespace, settings: Settings) -> Any:
+    """The source ``postpulse collect SOURCE`` names, built from its flags."""
+    from streams.collect import HttpClient, MastodonStream, MastodonTimeline
+    from streams.collect.bluesky import PUBLIC_APPVIEW, BlueskyAuthorFeed, Jetstream
+    from streams.collect.crawl import Crawler
+    from streams.collect.reddit import RedditListing
+
+    if args.source == "mastodon":
+        client = HttpClient(token=settings.mastodon_token.get_secret_value())
+        if args.stream:
+            return MastodonStream(args.instance, client, hashtag=args.hashtag)
+        return MastodonTimeline(args.instance, client, hashtag=args.hashtag)
+    if args.source == "bluesky":
+        client = HttpClient(token=settings.bluesky_token.get_secret_value())
+        if args.actor:
+            return BlueskyAuthorFeed(args.actor, client, appview=args.appview or PUBLIC_APPVIEW)
+        return Jetstream(client, **({"endpoint": args.jetstream} if args.jetstream else {}))
+    if args.source == "reddit":
+        client = HttpClient(
+            token=settings.reddit_token.get_secret_value(),
+            user_agent=args.user_agent or settings.reddit_user_agent,
+        )
+        return RedditListing(args.subreddit, client, listing=args.listing, base=args.base)
+    return Crawler(
+        args.seed,
+        args.allow_host,
+        allowed_networks=settings.fetch_allowed_networks,
+        delay_s=settings.crawl_delay_s if args.delay is None else args.delay,
+        max_per_host=settings.crawl_max_per_host,
+        max_pages=args.max_pages,
+    )
+
+
+@dataclass
+class _JsonlOutputs:
+    posts: Any
+    updates: Any
+    dead: Any
+
+    def post(self, key: bytes, value: bytes) -> None:
+        self.posts.write(value + b"\n")
+
+    def engagement(self, key: bytes, value: bytes) -> None:
+        self.updates.write(value + b"\n")
+
+    def dead_letter(self, value: bytes) -> None:
+        self.dead.write(value + b"\n")
+
+
+@dataclass
+class _KafkaOutputs:
+    producer: Any
+    settings: Settings
+
+    def post(self, key: bytes, value: bytes) -> None:
+        self.producer.send(self.settings.topic_posts, key=key, value=value)
+
+    def engagement(self, key: bytes, value: bytes) -> None:
+        self.producer.send(self.settings.topic_engagement, key=key, value=value)
+
+    def dead_letter(self, value: bytes) -> None:
+        self.producer.send(self.settings.topic_dlq, value=value)
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
-    from streams.collect import CollectError, CollectState, HttpClient, MastodonTimeline, collect
+    from contextlib import ExitStack
+
+    from streams.collect import CollectError, CollectState, collect
 
     settings = _settings(args)
-    client = HttpClient(token=settings.mastodon_token.get_secret_value())
-    source = MastodonTimeline(args.instance, client, hashtag=args.hashtag)
-    state_path = Path(
-        args.state
-        or settings.data_dir / "collect" / f"{source.name}.json".replace(":", "_").replace("#", "")
-    )
+    try:
+        source = _collect_source(args, settings)
+    except (CollectError, ValueError) as exc:
+        print(f"postpulse collect: {exc}", file=sys.stderr)
+        return 2
+    safe_name = "".join(c if c.isalnum() or c in "-._" else "_" for c in source.name)
+    state_path = Path(args.state or settings.data_dir / "collect" / f"{safe_name}.json")
     state = CollectState.load(state_path)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        posts_file = out.open("ab")
-        dlq_file = out.with_suffix(".dlq.jsonl").open("ab")
+    if args.from_start:
+        state.cursor, state.done = {}, False
+    with ExitStack() as stack:
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            files = [
+                stack.enter_context(path.open("ab"))
+                for path in (
+                    out,
+                    out.with_suffix(".engagement.jsonl"),
+                    out.with_suffix(".dlq.jsonl"),
+                )
+            ]
+            outputs: Any = _JsonlOutputs(*files)
+            where = (
+                f"{out} (engagement updates: {out.with_suffix('.engagement.jsonl')}, "
+                f"dead letters: {out.with_suffix('.dlq.jsonl')})"
+            )
+        else:
+            from kafka import KafkaProducer
 
-        def emit(key: bytes, value: bytes) -> None:
-            posts_file.write(value + b"\n")
-
-        def dead_letter(value: bytes) -> None:
-            dlq_file.write(value + b"\n")
-
+            profile = broker_profile(settings)
+            producer = KafkaProducer(
+                bootstrap_servers=bootstrap_servers(settings.broker_url), **profile.kafka_producer
+            )
+            stack.callback(producer.close)
+            outputs = _KafkaOutputs(producer, settings)
+            stack.callback(producer.flush)
+            where = (
+                f"topic {settings.topic_posts} (engagement updates: {settings.topic_engagement}, "
+                f"dead letters: {settings.topic_dlq})"
+            )
         try:
-            result = collect(source, state, emit, dead_letter, args.max_posts)
+            result = collect(
+                source,
+                state,
+                outputs,
+                max_posts=args.max_posts,
+                max_seconds=args.duration,
+                progress=sys.stderr.isatty(),
+            )
         except CollectError as exc:
             print(f"postpulse collect: {exc}", file=sys.stderr)
             return 1
-        finally:
-            posts_file.close()
-            dlq_file.close()
-        where = f"{out} (dead letters: {out.with_suffix('.dlq.jsonl')})"
-    else:
-        from kafka import KafkaProducer
-
-        profile = broker_profile(settings)
-        producer = KafkaProducer(
-            bootstrap_servers=bootstrap_servers(settings.broker_url), **profile.kafka_producer
-        )
-
-        def publish(key: bytes, value: bytes) -> None:
-            producer.send(settings.topic_posts, key=key, value=value)
-
-        def publish_dead_letter(value: bytes) -> None:
-            producer.send(settings.topic_dlq, value=value)
-
-        try:
-            result = collect(source, state, publish, publish_dead_letter, args.max_posts)
-            producer.flush()
-        except CollectError as exc:
-            print(f"postpulse collect: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            producer.close()
-        where = f"topic {settings.topic_posts} (dead letters: {settings.topic_dlq})"
+        except KeyboardInterrupt:
+            print("interrupted; the state holds every page delivered", file=sys.stderr)
+            return 130
+    waited = getattr(getattr(source, "client", None), "waited_s", 0.0)
     print(
-        f"collected {result.posts} new posts from {source.name} in {result.pages} page(s) "
-        f"to {where}; {result.duplicates} already delivered, {result.dead_letters} "
-        f"dead-lettered; waited {client.waited_s:.0f}s for rate limits; "
-        f"{'source exhausted' if state.done else 'resume with the same command'} "
-        f"(state {state_path})"
+        f"collected from {source.name} to {where}: {result.summary()}; waited {waited:.0f}s "
+        f"for rate limits; {'source exhausted' if state.done else 'resume with the same command'}"
+        f" (state {state_path})"
+    )
+    stats = getattr(source, "stats", None)
+    if stats is not None:
+        refused = ", ".join(f"{n} {why}" for why, n in sorted(stats.refused.items())) or "none"
+        print(
+            f"crawl: {stats.fetched} pages fetched, {stats.failed} failed; not fetched: {refused}"
+        )
+    return 0
+
+
+def _category_probabilities(
+    posts: list[dict[str, Any]], settings: Settings
+) -> list[dict[str, float] | None]:
+    """Each post's category probabilities from the stream's own pipeline (``None`` for
+    a post the pipeline dead-letters)."""
+    from tqdm import tqdm
+
+    from streams.pipeline import PostPipeline, served_bundle
+    from streams.records import Envelope
+
+    pipeline = PostPipeline(settings, served_bundle(settings))
+    probs: list[dict[str, float] | None] = [None] * len(posts)
+    for start in tqdm(range(0, len(posts), 32), desc="scoring", unit="batch"):
+        batch = posts[start : start + 32]
+        envelopes = [
+            Envelope(value=json.dumps(post).encode(), partition=-1, offset=start + i)
+            for i, post in enumerate(batch)
+        ]
+        for analysed in pipeline.process(envelopes).analysed:
+            offset = analysed.decoded.validated.envelope.offset
+            assert offset is not None
+            probs[offset] = dict(analysed.analysis.category_probs)
+    return probs
+
+
+def cmd_label_export(args: argparse.Namespace) -> int:
+    from encoders.bundle import BundleError, load_manifest
+    from encoders.training.data import read_posts
+    from encoders.training.labelstudio import (
+        label_config,
+        select_stratified,
+        select_uncertain,
+        to_task,
+    )
+
+    posts = [p for path in args.input for p in read_posts(Path(path))]
+    if not posts:
+        print("postpulse label export: no posts in the input", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    scoring = args.by == "uncertainty" or args.predictions
+    version = ""
+    categories = args.category or []
+    if scoring or not categories:
+        try:
+            manifest = load_manifest(settings.bundle_path)
+        except BundleError as exc:
+            print(f"postpulse label export: {exc}", file=sys.stderr)
+            return 2
+        categories = categories or list(manifest.labels["category"])
+        version = manifest.bundle_version
+    probabilities: list[dict[str, float] | None] = [None] * len(posts)
+    if scoring:
+        probabilities = _category_probabilities(posts, settings)
+    if args.by == "uncertainty":
+        chosen = select_uncertain(probabilities, args.n)
+    else:
+        chosen = select_stratified(posts, args.n, args.seed)
+    tasks = [
+        to_task(posts[i], probabilities[i] if args.predictions else None, version) for i in chosen
+    ]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(tasks, ensure_ascii=False, indent=1))
+    config = Path(args.config) if args.config else out.with_name("label_config.xml")
+    kinds = {m.get("kind") for i in chosen for m in posts[i].get("media") or []}
+    config.write_text(label_config(categories, sorted(k for k in kinds if k)))
+    print(
+        f"{len(tasks)} of {len(posts)} posts ({args.by}) written as Label Studio tasks to {out}; "
+        f"labelling config {config} ({len(categories)} categories). In Label Studio: create "
+        f"a project with that config, import {out.name}, annotate, export as JSON, then "
+        f"'postpulse label import'"
+    )
+    return 0
+
+
+def cmd_label_import(args: argparse.Namespace) -> int:
+    from encoders.training.data import write_posts
+    from encoders.training.labelstudio import import_annotations, load_export
+
+    try:
+        result = import_annotations(load_export(Path(args.export).read_text()))
+    except ValueError as exc:
+        print(f"postpulse label import: {exc}", file=sys.stderr)
+        return 2
+    write_posts(result.posts, Path(args.out))
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items())) or "none"
+    print(
+        f"{len(result.posts)} labelled posts written to {args.out} ({result.disagreements} "
+        f"decided by majority over disagreeing annotators); left out: {skipped}. Next: "
+        f"postpulse dataset build --input {args.out}"
     )
     return 0
 
@@ -739,16 +911,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", help="only this group (its id), with its posts")
     p.set_defaults(func=cmd_events)
 
-    p = sub.add_parser("collect", help="collect posts from a platform API (resumable)")
+    p = sub.add_parser(
+        "collect", help="collect posts from platform APIs or allowed sites (resumable)"
+    )
     csub = p.add_subparsers(dest="source", required=True)
-    q = csub.add_parser("mastodon", help="a Mastodon instance's public or hashtag timeline")
-    _add_common(q)
+
+    def collect_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        q = csub.add_parser(name, help=help_text)
+        _add_common(q)
+        q.add_argument("--max-posts", type=int, help="stop after the page that reaches this")
+        q.add_argument("--duration", type=float, help="stop after this many seconds")
+        q.add_argument("--out", help="append to this JSONL file instead of the topics")
+        q.add_argument("--state", help="cursor file (default: data/collect/<source>.json)")
+        q.add_argument(
+            "--from-start",
+            action="store_true",
+            help="walk the source again from its newest item: known posts are not sent "
+            "again, changed engagement counts go to the engagement topic",
+        )
+        q.set_defaults(func=cmd_collect)
+        return q
+
+    q = collect_parser("mastodon", "a Mastodon instance's public or hashtag timeline")
     q.add_argument("--instance", required=True, help="e.g. https://mastodon.social")
     q.add_argument("--hashtag", help="the hashtag timeline instead of the public one")
-    q.add_argument("--max-posts", type=int, help="stop after the page that reaches this")
-    q.add_argument("--out", help="append to this JSONL file instead of the posts topic")
-    q.add_argument("--state", help="cursor file (default: data/collect/<source>.json)")
-    q.set_defaults(func=cmd_collect)
+    q.add_argument(
+        "--stream", action="store_true", help="the streaming API (live) instead of the timeline"
+    )
+    q = collect_parser("bluesky", "Bluesky: the Jetstream firehose, or one account's posts")
+    q.add_argument("--actor", help="an account's handle or DID: its author feed")
+    q.add_argument("--appview", help="AppView for --actor (default public.api.bsky.app)")
+    q.add_argument("--jetstream", help="Jetstream endpoint (default wss://jetstream2.us-east...)")
+    q = collect_parser("reddit", "a subreddit's listing")
+    q.add_argument("--subreddit", required=True)
+    q.add_argument("--listing", choices=["new", "hot", "top", "rising"], default="new")
+    q.add_argument("--user-agent", help="'<platform>:<app id>:<version> (by /u/<name>)'")
+    q.add_argument("--base", help="API base URL (default: www or oauth.reddit.com)")
+    q = collect_parser("crawl", "crawl allowed sites for posts published as structured data")
+    q.add_argument("--seed", action="append", required=True, help="start URL (repeatable)")
+    q.add_argument(
+        "--allow-host", action="append", required=True, help="host that may be fetched (repeatable)"
+    )
+    q.add_argument("--max-pages", type=int, default=1000, help="pages fetched in all")
+    q.add_argument("--delay", type=float, help="seconds between requests to one host")
+
+    p = sub.add_parser("label", help="annotation round-trip with Label Studio")
+    lsub = p.add_subparsers(dest="label_command", required=True)
+    q = lsub.add_parser("export", help="a sample of posts as Label Studio tasks + config")
+    q.add_argument("--input", action="append", required=True, help="JSONL/CSV/Parquet posts")
+    q.add_argument("--out", default="data/labelling/tasks.json")
+    q.add_argument("--config", help="labelling config path (default: next to --out)")
+    q.add_argument("--n", type=int, default=200, help="posts to export")
+    q.add_argument(
+        "--by",
+        choices=["stratified", "uncertainty"],
+        default="stratified",
+        help="stratified by category label (else platform), or the posts the model is "
+        "least sure of (smallest top-2 margin; runs the bundle over the posts)",
+    )
+    q.add_argument("--predictions", action="store_true", help="pre-fill the model's guess")
+    q.add_argument("--category", action="append", help="category choices (default: bundle's)")
+    q.add_argument("--bundle", help="model bundle (default: settings)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_label_export)
+    q = lsub.add_parser("import", help="a Label Studio JSON export as labelled posts")
+    q.add_argument("export", help="the JSON (or JSONL) export of the project")
+    q.add_argument("--out", default="data/labelling/labelled.jsonl")
+    q.set_defaults(func=cmd_label_import)
 
     p = sub.add_parser("settings", help="every setting: environment variable, default, meaning")
     p.add_argument("--markdown", metavar="PATH", help="write the table (docs/settings.md)")

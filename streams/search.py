@@ -188,19 +188,19 @@ class SearchService:
 
     # --- reading posts -------------------------------------------------------------
 
-    def get_post(self, post_id: str) -> dict[str, Any]:
-        """A stored post's analysis fields (no embedding); ``SearchError`` 404 if absent."""
+    def _row(self, post_id: str) -> dict[str, Any]:
         rows = self.index.get([post_id])
         if post_id not in rows:
             raise SearchError(f"post {post_id!r} is not stored", status=404)
-        row = rows[post_id]
+        return dict(rows[post_id])
+
+    def get_post(self, post_id: str) -> dict[str, Any]:
+        """A stored post's analysis fields (no embedding); ``SearchError`` 404 if absent."""
+        row = self._row(post_id)
         return {k: row[k] for k in OUTPUT_FIELDS if k in row}
 
     def embedding_of(self, post_id: str) -> np.ndarray:
-        rows = self.index.get([post_id])
-        if post_id not in rows:
-            raise SearchError(f"post {post_id!r} is not stored", status=404)
-        return np.asarray(rows[post_id][VECTOR_FIELD], dtype=np.float32)
+        return np.asarray(self._row(post_id)[VECTOR_FIELD], dtype=np.float32)
 
     # --- searching -----------------------------------------------------------------
 

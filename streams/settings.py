@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         default="posts.dlq", description="dead letters (rejected posts with the reason)"
     )
     topic_analyses: str = Field(default="post-analyses", description="one analysis record per post")
+    topic_engagement: str = Field(
+        default="engagement",
+        description="later engagement counts of already collected posts (postpulse collect)",
+    )
     worker_role: Literal["posts", "trends"] = Field(
         default="posts", description="'posts' analyses posts; 'trends' counts trend events"
     )
@@ -198,6 +202,30 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         description="Mastodon access token for 'postpulse collect mastodon' (secret; "
         "public timelines need none)",
+    )
+    bluesky_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bluesky access JWT for the author feed (secret; the public AppView "
+        "needs none)",
+    )
+    reddit_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Reddit OAuth bearer token (secret); with it listings are read from "
+        "oauth.reddit.com, without it from the public JSON of www.reddit.com",
+    )
+    reddit_user_agent: str = Field(
+        default="",
+        description="the User-Agent Reddit requires, '<platform>:<app id>:<version> "
+        "(by /u/<username>)'; 'postpulse collect reddit' refuses to run without one",
+    )
+    crawl_delay_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="seconds between two requests to one host when robots.txt names no "
+        "Crawl-delay (a larger robots.txt value wins)",
+    )
+    crawl_max_per_host: int = Field(
+        default=1, ge=1, le=8, description="requests to one host at once (crawler)"
     )
 
     fetch_enabled: bool = Field(default=True, description="fetch http(s) media")

@@ -20,6 +20,7 @@ def all_topic_names(settings: Settings) -> list[str]:
         settings.topic_dlq,
         settings.topic_analyses,
         settings.topic_trend_events,
+        settings.topic_engagement,
         trends_changelog_topic(settings),
     ]
 

@@ -19,7 +19,14 @@ from kafka import KafkaConsumer
 
 from streams.broker import LocalBroker
 from streams.cli import main
-from streams.collect import CollectState, HttpClient, MastodonTimeline, collect, html_to_text
+from streams.collect import (
+    CollectState,
+    HttpClient,
+    ListOutputs,
+    MastodonTimeline,
+    collect,
+    html_to_text,
+)
 from streams.settings import LOCAL_BROKER_PROFILE, Settings
 
 pytestmark = pytest.mark.integration
@@ -63,6 +70,10 @@ class MastodonStub:
             },
         )
         self.statuses = statuses
+
+    def like(self, i: int, more: int) -> None:
+        status = next(s for s in self.statuses if s["id"] == str(i))
+        status["favourites_count"] += more
 
     def page(self, max_id: str | None) -> tuple[list[dict[str, Any]], str | None]:
         start = 0
@@ -123,18 +134,27 @@ def server() -> Iterator[tuple[str, MastodonStub]]:
 def run(
     base: str, state: CollectState, max_posts: int | None = None, token: str = ""
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], HttpClient]:
-    posts: list[dict[str, Any]] = []
-    dead: list[dict[str, Any]] = []
+    outputs = ListOutputs()
     client = HttpClient(token=token, backoff_s=0.2)
     source = MastodonTimeline(base, client, hashtag="harbour", limit=5)
-    collect(
-        source,
-        state,
-        lambda key, value: posts.append(json.loads(value)),
-        lambda value: dead.append(json.loads(value)),
-        max_posts,
-    )
-    return posts, dead, client
+    collect(source, state, outputs, max_posts)
+    assert outputs.updates == []  # nothing changed between pages
+    return outputs.posts, outputs.dead, client
+
+
+def collect_args(base: str, tmp_path: Path, *more: str) -> list[str]:
+    """``postpulse collect mastodon`` on the stub's hashtag timeline."""
+    return [
+        "collect",
+        "mastodon",
+        "--instance",
+        base,
+        "--hashtag",
+        "#harbour",
+        "--state",
+        str(tmp_path / "state.json"),
+        *more,
+    ]
 
 
 def test_every_post_once_with_its_engagement_and_the_malformed_one_dead_lettered(
@@ -174,6 +194,29 @@ def test_a_restart_resumes_from_the_cursor_without_duplicates(
     assert third == [] and len(stub.requests) == pages
 
 
+def test_a_rewalk_sends_changed_engagement_only(
+    server: tuple[str, MastodonStub], tmp_path: Path
+) -> None:
+    base, stub = server
+    state_file = tmp_path / "state.json"
+    first, _, _ = run(base, CollectState.load(state_file))
+    assert len(first) == STATUSES
+    stub.like(1003, 7)
+    stub.like(1020, 1)
+    state = CollectState.load(state_file)
+    state.cursor, state.done = {}, False  # what --from-start does
+    outputs = ListOutputs()
+    result = collect(
+        MastodonTimeline(base, HttpClient(), hashtag="harbour", limit=5), state, outputs
+    )
+    assert outputs.posts == []
+    assert {u["post_id"]: u["engagement"]["likes"] for u in outputs.updates} == {
+        "mastodon:1003": 10,
+        "mastodon:1020": 21,
+    }
+    assert result.engagement_updates == 2 and result.duplicates == STATUSES + 1 - 2
+
+
 def test_429_is_waited_out_and_5xx_retried(
     server: tuple[str, MastodonStub], tmp_path: Path
 ) -> None:
@@ -191,24 +234,13 @@ def test_the_cli_appends_jsonl_and_dead_letters(
 ) -> None:
     base, _ = server
     out = tmp_path / "posts.jsonl"
-    args = [
-        "collect",
-        "mastodon",
-        "--instance",
-        base,
-        "--hashtag",
-        "#harbour",
-        "--out",
-        str(out),
-        "--state",
-        str(tmp_path / "state.json"),
-    ]
+    args = collect_args(base, tmp_path, "--out", str(out))
     assert main(args) == 0
-    assert "collected 23 new posts" in capsys.readouterr().out
+    assert ": 23 new posts" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == STATUSES
     assert len(out.with_suffix(".dlq.jsonl").read_text().splitlines()) == 1
     assert main(args) == 0
-    assert "collected 0 new posts" in capsys.readouterr().out
+    assert ": 0 new posts" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == STATUSES
 
 
@@ -223,26 +255,19 @@ def test_the_cli_publishes_to_the_posts_topic_keyed_by_post_id(
     settings_for,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    base, _ = server
+    base, stub = server
     settings: Settings = settings_for(broker, prefix="collect")
     monkeypatch.setenv("POSTPULSE_TOPIC_POSTS", settings.topic_posts)
     monkeypatch.setenv("POSTPULSE_TOPIC_DLQ", settings.topic_dlq)
-    args = [
-        "collect",
-        "mastodon",
-        "--instance",
-        base,
-        "--hashtag",
-        "harbour",
-        "--broker",
-        broker.url,
-        "--state",
-        str(tmp_path / "state.json"),
-    ]
+    monkeypatch.setenv("POSTPULSE_TOPIC_ENGAGEMENT", f"{settings.topic_posts}.engagement")
+    args = collect_args(base, tmp_path, "--broker", broker.url)
     assert main(args) == 0
+    stub.like(1005, 40)  # counts move after collection; a re-walk reports them
+    assert main([*args, "--from-start"]) == 0
     consumer = KafkaConsumer(
         settings.topic_posts,
         settings.topic_dlq,
+        f"{settings.topic_posts}.engagement",
         bootstrap_servers=[broker.bootstrap],
         auto_offset_reset="earliest",
         consumer_timeout_ms=5000,
@@ -258,4 +283,7 @@ def test_the_cli_publishes_to_the_posts_topic_keyed_by_post_id(
     )
     assert all(json.loads(r.value)["post_id"] == r.key.decode() for r in posts)
     dead = [json.loads(r.value) for r in records if r.topic == settings.topic_dlq]
-    assert [d["item"]["id"] for d in dead] == ["9999"]
+    assert [d["item"]["id"] for d in dead] == ["9999", "9999"]  # once per walk
+    updates = [r for r in records if r.topic == f"{settings.topic_posts}.engagement"]
+    assert [r.key for r in updates] == [b"mastodon:1005"]
+    assert json.loads(updates[0].value)["engagement"]["likes"] == 45
