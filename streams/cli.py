@@ -661,6 +661,19 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     if not args.input and not replayed:
         print("postpulse dataset build: no posts (give --input FILE or --topic)", file=sys.stderr)
         return 2
+    engagement: list[dict[str, Any]] = []
+    for path in args.engagement or []:
+        with Path(path).open() as handle:
+            engagement += [json.loads(line) for line in handle if line.strip()]
+    if args.engagement_topic:
+        from encoders.training.data import replay_engagement
+
+        settings = _settings(args)
+        engagement += replay_engagement(
+            bootstrap_servers(settings.broker_url),
+            args.engagement_topic,
+            consumer_config=broker_profile(settings).kafka_consumer,
+        )
     card = build_dataset(
         [Path(p) for p in args.input or []],
         Path(args.out),
@@ -668,10 +681,21 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
         args.seed,
         replayed=replayed,
         split_mode=args.split,
+        engagement=engagement,
     )
     print(
         json.dumps(
-            {k: card[k] for k in ("posts", "skipped", "deduplicated", "splits", "category")},
+            {
+                k: card[k]
+                for k in (
+                    "posts",
+                    "skipped",
+                    "deduplicated",
+                    "engagement_updates",
+                    "splits",
+                    "category",
+                )
+            },
             indent=2,
         )
     )
@@ -830,6 +854,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--until", help="replay: created_at before (RFC 3339 or epoch ms)")
     q.add_argument("--broker", help="replay: broker URL")
     q.add_argument("--profile", choices=["local", "kafka"])
+    q.add_argument(
+        "--engagement",
+        action="append",
+        help="engagement updates (JSONL from 'collect --out'): latest counts replace the "
+        "posts' own (repeatable)",
+    )
+    q.add_argument("--engagement-topic", help="also replay engagement updates from this topic")
     q.add_argument(
         "--split",
         choices=["stratified", "time", "given"],

@@ -10,6 +10,7 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -429,21 +430,16 @@ def skew_training_split(cache: EmbeddingCache, ratio: float, seed: int = 0) -> E
     return cache.subset(keep)
 
 
-def replay_topic(
+def _topic_values(
     bootstrap: list[str],
     topic: str,
-    start_ms: int | None = None,
-    end_ms: int | None = None,
-    idle_s: float = 5.0,
-    consumer_config: dict[str, Any] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Every post on ``topic`` (from its first offset) whose ``created_at`` lies in
-    ``[start_ms, end_ms)``; stops after ``idle_s`` without new messages. Messages that
-    are not valid posts are counted, not returned. The consumer has no group, so the
-    replay commits nothing and disturbs no worker."""
+    idle_s: float,
+    consumer_config: dict[str, Any] | None,
+) -> Iterator[bytes]:
+    """Every message value on ``topic`` from its first offset, until ``idle_s`` pass
+    without a new one. The consumer has no group: it commits nothing and disturbs no
+    worker."""
     from kafka import KafkaConsumer, TopicPartition
-
-    from streams.records import parse_created_at
 
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -462,8 +458,6 @@ def replay_topic(
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         consumer.seek_to_beginning(*assigned)
-        posts: list[dict[str, Any]] = []
-        counts: Counter[str] = Counter()
         idle_until = time.monotonic() + idle_s
         while time.monotonic() < idle_until:
             batch = consumer.poll(timeout_ms=500)
@@ -472,20 +466,93 @@ def replay_topic(
             idle_until = time.monotonic() + idle_s
             for records in batch.values():
                 for record in records:
-                    counts["messages"] += 1
-                    try:
-                        doc = json.loads(record.value)
-                        created = parse_created_at(doc["created_at"])
-                    except (ValueError, KeyError, TypeError):
-                        counts["not_a_post"] += 1
-                        continue
-                    if (start_ms is not None and created < start_ms) or (
-                        end_ms is not None and created >= end_ms
-                    ):
-                        counts["outside_time_range"] += 1
-                        continue
-                    posts.append(doc)
-        counts["posts"] = len(posts)
-        return posts, dict(counts)
+                    yield record.value
     finally:
         consumer.close()
+
+
+def replay_topic(
+    bootstrap: list[str],
+    topic: str,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    idle_s: float = 5.0,
+    consumer_config: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every post on ``topic`` (from its first offset) whose ``created_at`` lies in
+    ``[start_ms, end_ms)``; stops after ``idle_s`` without new messages. Messages that
+    are not valid posts are counted, not returned."""
+    from streams.records import parse_created_at
+
+    posts: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter()
+    for value in _topic_values(bootstrap, topic, idle_s, consumer_config):
+        counts["messages"] += 1
+        try:
+            doc = json.loads(value)
+            created = parse_created_at(doc["created_at"])
+        except (ValueError, KeyError, TypeError):
+            counts["not_a_post"] += 1
+            continue
+        if (start_ms is not None and created < start_ms) or (
+            end_ms is not None and created >= end_ms
+        ):
+            counts["outside_time_range"] += 1
+            continue
+        posts.append(doc)
+    counts["posts"] = len(posts)
+    return posts, dict(counts)
+
+
+def replay_engagement(
+    bootstrap: list[str],
+    topic: str,
+    idle_s: float = 5.0,
+    consumer_config: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The engagement updates on ``topic`` (what ``postpulse collect`` publishes); a
+    message that is not JSON is kept as ``{"undecodable": ...}`` so that
+    :func:`latest_engagement` counts it as invalid."""
+    updates = []
+    for value in _topic_values(bootstrap, topic, idle_s, consumer_config):
+        try:
+            updates.append(json.loads(value))
+        except ValueError:
+            updates.append({"undecodable": value[:200].decode("utf-8", "replace")})
+    return updates
+
+
+def latest_engagement(updates: Iterable[Any]) -> tuple[dict[str, dict[str, Any]], int]:
+    """Post id -> the engagement of its newest update (largest ``observed_at``; among
+    equal times, the later record). Also returns how many records were not updates."""
+    from streams.records import Engagement
+
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}
+    invalid = 0
+    for update in updates:
+        try:
+            post_id = str(update["post_id"])
+            observed = int(update["observed_at"])
+            engagement = Engagement.model_validate(update["engagement"]).model_dump()
+        except (KeyError, TypeError, ValueError):
+            invalid += 1
+            continue
+        if post_id not in latest or observed >= latest[post_id][0]:
+            latest[post_id] = (observed, engagement)
+    return {k: v for k, (_, v) in latest.items()}, invalid
+
+
+def apply_engagement(
+    posts: list[dict[str, Any]], latest: dict[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]], int]:
+    """Posts with their engagement replaced by the latest observed counts (popularity
+    targets then reflect how the post did, not how it stood when collected)."""
+    updated = 0
+    merged = []
+    for post in posts:
+        counts = latest.get(str(post.get("post_id")))
+        if counts is not None:
+            post = {**post, "engagement": counts}
+            updated += 1
+        merged.append(post)
+    return merged, updated

@@ -15,9 +15,11 @@ from encoders.bundle import load_manifest
 from encoders.training.baselines import tfidf_logistic_regression
 from encoders.training.data import (
     EmbeddingCache,
+    apply_engagement,
     build_cache,
     deduplicate,
     encoders_key,
+    latest_engagement,
     read_posts,
 )
 from encoders.training.errors import CacheMismatchError
@@ -33,20 +35,29 @@ def build_dataset(
     progress: bool = True,
     replayed: list[dict[str, Any]] | None = None,
     split_mode: str = "stratified",
+    engagement: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Read posts (files, and posts replayed from Kafka), deduplicate, embed and split
+    """Read posts (files, and posts replayed from Kafka), apply the latest engagement
+    updates (``postpulse collect``'s engagement records), deduplicate, embed and split
     them; writes ``embeddings.npz`` and ``data_card.json``."""
     from encoders.serving import ServedBundle
 
     posts: list[dict[str, Any]] = list(replayed or [])
     for path in inputs:
         posts += read_posts(path)
+    latest, invalid_updates = latest_engagement(engagement or [])
+    posts, updated = apply_engagement(posts, latest)
     kept, dropped = deduplicate(posts)
     cache, card = build_cache(
         kept, ServedBundle(bundle), seed=seed, progress=progress, split_mode=split_mode
     )
     card["split_mode"] = split_mode
     card["replayed_posts"] = len(replayed or [])
+    card["engagement_updates"] = {
+        "posts_updated": updated,
+        "records": len(engagement or []),
+        "invalid": invalid_updates,
+    }
     card["deduplicated"] = dropped
     card["inputs"] = [str(p) for p in inputs]
     card["synthetic"] = any(bool((p.get("labels") or {}).get("synthetic")) for p in kept)

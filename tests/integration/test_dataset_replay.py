@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from encoders.training.data import EmbeddingCache, replay_topic, split_by_time
 from encoders.training.synth import generate
 from streams.broker import LocalBroker, ensure_topics
 from streams.producer import produce
+from streams.records import Engagement
 from streams.settings import LOCAL_BROKER_PROFILE
+from streams.stages.analyse import popularity_score
 
 
 def test_replay_selects_by_event_time_and_skips_garbage(broker: LocalBroker) -> None:
@@ -57,6 +60,23 @@ def test_dataset_build_cli_from_a_topic(
         LOCAL_BROKER_PROFILE,
         progress=False,
     )
+    # later counts, as 'postpulse collect' publishes them: on a topic and in a file
+    ensure_topics([broker.bootstrap], [f"{topic}.engagement"], 1)
+    updates = [
+        {"post_id": posts[0]["post_id"], "observed_at": 2_000, "engagement": {"likes": 900}},
+        {"post_id": posts[0]["post_id"], "observed_at": 1_000, "engagement": {"likes": 5}},
+        {"post_id": posts[1]["post_id"], "observed_at": 1_000, "engagement": {"likes": 40}},
+        {"post_id": "not-in-the-set", "observed_at": 1_000, "engagement": {"likes": 1}},
+    ]
+    produce(
+        [json.dumps(u).encode() for u in updates] + [b"garbage"],
+        [broker.bootstrap],
+        f"{topic}.engagement",
+        LOCAL_BROKER_PROFILE,
+        progress=False,
+    )
+    file_update = {"post_id": posts[2]["post_id"], "observed_at": 1, "engagement": {"shares": 7}}
+    (tmp_path / "e.engagement.jsonl").write_text(json.dumps(file_update) + "\n")
     out = subprocess.run(
         [
             sys.executable,
@@ -66,6 +86,10 @@ def test_dataset_build_cli_from_a_topic(
             "WARNING",
             "dataset",
             "build",
+            "--engagement-topic",
+            f"{topic}.engagement",
+            "--engagement",
+            str(tmp_path / "e.engagement.jsonl"),
             "--topic",
             topic,
             "--broker",
@@ -89,3 +113,16 @@ def test_dataset_build_cli_from_a_topic(
     assert newest > cache.created_at[cache.split == 0].max()
     card = json.loads((tmp_path / "ds" / "data_card.json").read_text())
     assert card["split_mode"] == "time" and card["replayed_posts"] == 24
+    assert card["engagement_updates"] == {"posts_updated": 3, "records": 6, "invalid": 1}
+    popularity = dict(zip(cache.post_ids.tolist(), cache.popularity.tolist(), strict=True))
+    for post, counts in (
+        (posts[0], {"likes": 900}),  # the newest observation wins, whatever the order
+        (posts[1], {"likes": 40}),
+        (posts[2], {"shares": 7}),
+    ):
+        expected = popularity_score(Engagement(**counts))
+        assert popularity[post["post_id"]] == pytest.approx(expected, rel=1e-5)
+    untouched = posts[3]
+    assert popularity[untouched["post_id"]] == pytest.approx(
+        popularity_score(Engagement(**untouched["engagement"])), rel=1e-5
+    )
