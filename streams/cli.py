@@ -661,10 +661,11 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     if not args.input and not replayed:
         print("postpulse dataset build: no posts (give --input FILE or --topic)", file=sys.stderr)
         return 2
+    from encoders.training.data import read_updates
+
     engagement: list[dict[str, Any]] = []
     for path in args.engagement or []:
-        with Path(path).open() as handle:
-            engagement += [json.loads(line) for line in handle if line.strip()]
+        engagement += read_updates(Path(path))
     if args.engagement_topic:
         from encoders.training.data import replay_engagement
 

@@ -522,6 +522,20 @@ def replay_engagement(
     return updates
 
 
+def read_updates(path: Path) -> list[dict[str, Any]]:
+    """Engagement updates from a JSONL file (``collect --out``'s ``.engagement.jsonl``);
+    a line that is not JSON is kept as ``{"undecodable": ...}`` and counted invalid."""
+    updates = []
+    with path.open() as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    updates.append(json.loads(line))
+                except ValueError:
+                    updates.append({"undecodable": line[:200]})
+    return updates
+
+
 def latest_engagement(updates: Iterable[Any]) -> tuple[dict[str, dict[str, Any]], int]:
     """Post id -> the engagement of its newest update (largest ``observed_at``; among
     equal times, the later record). Also returns how many records were not updates."""

@@ -76,7 +76,7 @@ def test_dataset_build_cli_from_a_topic(
         progress=False,
     )
     file_update = {"post_id": posts[2]["post_id"], "observed_at": 1, "engagement": {"shares": 7}}
-    (tmp_path / "e.engagement.jsonl").write_text(json.dumps(file_update) + "\n")
+    (tmp_path / "e.engagement.jsonl").write_text(json.dumps(file_update) + "\n{broken\n")
     out = subprocess.run(
         [
             sys.executable,
@@ -113,7 +113,7 @@ def test_dataset_build_cli_from_a_topic(
     assert newest > cache.created_at[cache.split == 0].max()
     card = json.loads((tmp_path / "ds" / "data_card.json").read_text())
     assert card["split_mode"] == "time" and card["replayed_posts"] == 24
-    assert card["engagement_updates"] == {"posts_updated": 3, "records": 6, "invalid": 1}
+    assert card["engagement_updates"] == {"posts_updated": 3, "records": 7, "invalid": 2}
     popularity = dict(zip(cache.post_ids.tolist(), cache.popularity.tolist(), strict=True))
     for post, counts in (
         (posts[0], {"likes": 900}),  # the newest observation wins, whatever the order
