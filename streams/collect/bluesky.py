@@ -130,7 +130,7 @@ class Jetstream(LoopSource):
                         self.last_time_us = max(self.last_time_us or 0, time_us)
                 except (ValueError, AttributeError):
                     pass
-            elif message.type in (aiohttp.WSMsgType.BINARY,):
+            elif message.type == aiohttp.WSMsgType.BINARY:
                 items.append(message.data.decode("utf-8", "replace"))
             else:  # closed or failed: reconnect from the cursor, politely
                 await self._ws.close()

@@ -142,10 +142,14 @@ class HttpClient:
                 log.info("rate limit exhausted; waiting %.1fs for the reset", reset)
                 self.wait(reset)
 
-    def wait(self, seconds: float) -> None:
+    def budget(self, seconds: float) -> float:
+        """``seconds`` bounded to ``[0, max_wait_s]``, counted as waited."""
         seconds = min(max(seconds, 0.0), self.max_wait_s)
         self.waited_s += seconds
-        self.sleep(seconds)
+        return seconds
+
+    def wait(self, seconds: float) -> None:
+        self.sleep(self.budget(seconds))
 
 
 def redact(url: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import json
 import logging
 import time
@@ -318,7 +317,7 @@ class Crawler:
     async def _visit(self, session: aiohttp.ClientSession, url: str) -> tuple[list[Any], list[str]]:
         if not self.allowed_host(url):
             return self._refuse(url, "host not on the allow-list")
-        literal = self._literal_refused(url)
+        literal = self.policy.refuses_literal(urllib.parse.urlsplit(url).hostname or "")
         if literal:
             return self._refuse(url, literal)
         try:
@@ -384,14 +383,6 @@ class Crawler:
         if "json_ld" in item:
             return posting_to_post(item["json_ld"], item["url"])
         return open_graph_to_post(item["open_graph"], item["url"])
-
-    def _literal_refused(self, url: str) -> str | None:
-        host = urllib.parse.urlsplit(url).hostname or ""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return None  # a name: the guarded resolver checks what it resolves to
-        return None if self.policy.permits(address) else f"{host} is not a public address"
 
     async def _robots(
         self, session: aiohttp.ClientSession, url: str

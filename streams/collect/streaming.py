@@ -72,9 +72,7 @@ class LoopSource:
         raise AssertionError("unreachable")
 
     async def sleep(self, seconds: float) -> None:
-        seconds = min(max(seconds, 0.0), self.client.max_wait_s)
-        self.client.waited_s += seconds
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(self.client.budget(seconds))
 
     def deadline(self) -> float:
         return time.monotonic() + self.page_wait_s

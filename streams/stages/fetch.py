@@ -125,6 +125,15 @@ class AddressPolicy:
             ipaddress.ip_network(n, strict=False) for n in allowed_networks
         ]
 
+    def refuses_literal(self, host: str) -> str | None:
+        """Why a host given as an IP literal may not be dialled (``None`` when it may, or
+        when it is a name: the guarded resolver checks what a name resolves to)."""
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        return None if self.permits(literal) else f"{host} is not a public address"
+
     def permits(self, address: IPAddress) -> bool:
         """Public unicast addresses, plus anything inside an explicitly allowed network."""
         if any(address in net for net in self.allowed):
@@ -204,15 +213,9 @@ class MediaFetcher:
             )
         if not parsed.hostname:
             raise FetchError(DeadLetterReason.MEDIA_UNAVAILABLE, f"no host in {url!r}")
-        try:
-            literal = ipaddress.ip_address(parsed.hostname)
-        except ValueError:
-            return  # a name: the resolver checks what it resolves to
-        if not self.policy.permits(literal):
-            raise FetchError(
-                DeadLetterReason.MEDIA_FORBIDDEN_ADDRESS,
-                f"{parsed.hostname} is not a public address",
-            )
+        refused = self.policy.refuses_literal(parsed.hostname)
+        if refused:
+            raise FetchError(DeadLetterReason.MEDIA_FORBIDDEN_ADDRESS, refused)
 
     async def fetch_many(self, urls: list[str]) -> list[FetchedMedia | FetchError]:
         """Fetch all URLs concurrently; each result is the media or the error for that URL."""
