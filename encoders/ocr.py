@@ -58,7 +58,9 @@ class ImageTextReader:
         """The text lines found, top to bottom, joined by spaces ('' when none)."""
         if max(image.size) > MAX_SIDE:
             scale = MAX_SIDE / max(image.size)
-            image = image.resize((round(image.width * scale), round(image.height * scale)))
+            # a 1x4000 strip must not become 0 pixels wide
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size)
         result, _ = self._ocr(np.asarray(image.convert("RGB"))[:, :, ::-1])
         if not result:
             return ""

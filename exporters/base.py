@@ -16,6 +16,12 @@ class BackpressureError(RuntimeError):
         self.retry_after = retry_after
 
 
+class RowsRejectedError(ValueError):
+    """The backend refused these items for what they hold (a value out of range, a
+    string too long): retrying them can never succeed. The writer isolates the rows
+    to blame by bisecting the batch."""
+
+
 class Sink(ABC, Generic[T]):
     """Somewhere outputs go. ``flush()`` returns only once everything added is durable."""
 
@@ -31,6 +37,10 @@ class Sink(ABC, Generic[T]):
     @abstractmethod
     def flush(self) -> None:
         """Write everything queued; raise :class:`BackpressureError` to be retried."""
+
+    def check(self) -> None:
+        """Raise when the backend cannot be reached now (the writer asks this to tell a
+        refused row from a backend that is down). Default: always reachable."""
 
     def close(self) -> None:
         """Release connections."""

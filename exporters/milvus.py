@@ -13,9 +13,15 @@ from typing import Any
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
-from pymilvus.exceptions import MilvusException
+from pymilvus.exceptions import (
+    DataNotMatchException,
+    DataTypeNotMatchException,
+    MilvusException,
+    MilvusUnavailableException,
+    ParamError,
+)
 
-from exporters.base import BackpressureError, BatchingSink
+from exporters.base import BackpressureError, BatchingSink, RowsRejectedError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,31 @@ SCALAR_FIELDS: dict[str, tuple[DataType, dict[str, Any]]] = {
     "bundle_version": (DataType.VARCHAR, {"max_length": 64}),
 }
 OUTPUT_FIELDS = ["post_id", *SCALAR_FIELDS]
+
+
+WRITE_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 5.0
+_UNAVAILABLE = ("connect", "unavailable", "timeout", "deadline", "rate limit", "ratelimit")
+
+
+def _message(exc: BaseException) -> str:
+    return str(getattr(exc, "message", "") or exc or type(exc).__name__)
+
+
+def milvus_error(exc: BaseException, action: str) -> Exception:
+    """A Milvus client error as the writer classifies it: rows refused for what they hold
+    (:class:`RowsRejectedError`), Milvus busy or unreachable (:class:`BackpressureError`),
+    or anything else as it is (retried a bounded number of times)."""
+    text = f"Milvus {action} failed: {type(exc).__name__}: {_message(exc)}"
+    if isinstance(exc, DataNotMatchException | DataTypeNotMatchException | ParamError):
+        return RowsRejectedError(text)
+    if isinstance(exc, MilvusUnavailableException | ConnectionError | TimeoutError):
+        return BackpressureError(text, retry_after=1.0)
+    if isinstance(exc, MilvusException) and any(w in _message(exc).lower() for w in _UNAVAILABLE):
+        return BackpressureError(text, retry_after=1.0)
+    if isinstance(exc, ValueError | TypeError | OverflowError):
+        return RowsRejectedError(text)
+    return RuntimeError(text)
 
 
 class SchemaMismatchError(RuntimeError):
@@ -189,9 +220,24 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
         # Within a batch the last write of a post wins, as it would across batches.
         latest = {row.post_id: row for row in batch}
         try:
-            self.client.upsert(self.collection, [r.to_entity() for r in latest.values()])
-        except MilvusException as exc:
-            raise BackpressureError(f"Milvus upsert failed: {exc}", retry_after=1.0) from exc
+            self.client.upsert(
+                self.collection, [r.to_entity() for r in latest.values()], timeout=WRITE_TIMEOUT_S
+            )
+        except Exception as exc:
+            raise milvus_error(exc, "upsert") from exc
+
+    def delete(self, post_ids: list[str]) -> None:
+        """Remove rows by post id (a post whose analysis could not be published)."""
+        try:
+            self.client.delete(self.collection, ids=post_ids, timeout=WRITE_TIMEOUT_S)
+        except Exception as exc:
+            raise milvus_error(exc, "delete") from exc
+
+    def check(self) -> None:
+        try:
+            self.client.has_collection(self.collection, timeout=PROBE_TIMEOUT_S)
+        except Exception as exc:
+            raise BackpressureError(f"Milvus unreachable: {_message(exc)}") from exc
 
     def close(self) -> None:
         if self.uri is None:

@@ -71,6 +71,38 @@ class PipelineMetrics:
             ["sink"],
             registry=registry,
         )
+        self.sink_errors = Counter(
+            "postpulse_sink_errors",
+            "Failed output writes, by sink and how they were classified "
+            "(transient: retried; permanent: the rows were isolated and dead-lettered).",
+            ["sink", "kind"],
+            registry=registry,
+        )
+        self.sink_rejected = Counter(
+            "postpulse_sink_rejected_posts",
+            "Posts dead-lettered as sink_rejected, by the sink that refused them.",
+            ["sink"],
+            registry=registry,
+        )
+        self.spilled = Counter(
+            "postpulse_spilled_records",
+            "Records no topic took, written to the local spill file instead.",
+            ["kind"],
+            registry=registry,
+        )
+        self.tool_failures = Counter(
+            "postpulse_tool_failures",
+            "Items a tool (ocr, speech_to_text, voice_activity) failed on; the post was "
+            "analysed without that tool's output.",
+            ["tool"],
+            registry=registry,
+        )
+        self.topic_errors = Counter(
+            "postpulse_topic_extraction_errors",
+            "Posts whose key-phrase or emerging-topic extraction raised; their category "
+            "and hashtags were still counted.",
+            registry=registry,
+        )
         self.assigned_partitions = Gauge(
             "postpulse_assigned_partitions",
             "Input-topic partitions this worker currently consumes.",
@@ -133,6 +165,12 @@ class PipelineMetrics:
             self.sink_retries.labels(sink)
         for outcome in ("counted", "duplicate", "late", "malformed"):
             self.trend_events.labels(outcome)
+        for sink in ("milvus", "analyses"):
+            self.sink_rejected.labels(sink)
+        for kind in ("dead_letter", "trend_event"):
+            self.spilled.labels(kind)
+        for tool in ("ocr", "speech_to_text", "voice_activity"):
+            self.tool_failures.labels(tool)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -18,10 +18,12 @@ from prometheus_client import CollectorRegistry
 from encoders.serving import ServedBundle
 from exporters.milvus import MilvusEmbeddingSink, connect, index_params
 from exporters.prometheus import CONTENT_TYPE, PipelineMetrics
-from streams.outputs import OutputWriter
+from streams.health import DrainTimeout, WorkerHealth
+from streams.outputs import OutputPolicy, OutputWriter, dead_letter_budget
 from streams.pipeline import PostPipeline, served_bundle
 from streams.records import Envelope
 from streams.settings import Settings, bootstrap_servers, broker_profile
+from streams.spill import SpillFile
 from streams.stages.trends import StagedStore, TrendEvent
 from streams.topics import TRENDS_TABLE, raw_topic, trends_app_id, trends_changelog_topic
 from streams.trending import (
@@ -45,6 +47,7 @@ class WorkerComponents:
     sink: MilvusEmbeddingSink | None
     metrics: PipelineMetrics
     executor: ThreadPoolExecutor
+    health: WorkerHealth = field(default_factory=WorkerHealth)
 
 
 def build_components(
@@ -52,6 +55,7 @@ def build_components(
 ) -> WorkerComponents:
     """Load the bundle, connect Milvus (creating the collection if missing), make metrics.
     A trends worker needs neither."""
+    health = WorkerHealth(stall_after_s=settings.liveness_stall_s)
     if settings.worker_role == "trends":
         return WorkerComponents(
             settings=settings,
@@ -60,6 +64,7 @@ def build_components(
             sink=None,
             metrics=PipelineMetrics(registry or CollectorRegistry()),
             executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="postpulse"),
+            health=health,
         )
     bundle = served_bundle(settings)
     metrics = PipelineMetrics(registry or CollectorRegistry())
@@ -94,6 +99,7 @@ def build_components(
         sink=sink,
         metrics=metrics,
         executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="postpulse"),
+        health=health,
     )
 
 
@@ -109,6 +115,17 @@ def envelope_of(event: Any) -> Envelope:
         offset=message.offset,
         timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
     )
+
+
+def offset_ranges(envelopes: list[Envelope]) -> dict[int, tuple[int, int]]:
+    """(first, last) offset per partition of a batch, for health and drain logs."""
+    ranges: dict[int, tuple[int, int]] = {}
+    for env in envelopes:
+        if env.partition is None or env.offset is None:
+            continue
+        first, last = ranges.get(env.partition, (env.offset, env.offset))
+        ranges[env.partition] = (min(first, env.offset), max(last, env.offset))
+    return ranges
 
 
 def add_trend_counting(
@@ -199,14 +216,32 @@ def create_app(components: WorkerComponents) -> faust.App:
         ]
         await asyncio.gather(*pending)
 
+    async def send_trend_event(key: bytes | None, value: bytes) -> None:
+        await (await trend_topic.send(key=key, value=value, force=True))
+
+    health = components.health
     writer = OutputWriter(
-        components.sink,  # type: ignore[arg-type]  # only used by the posts role
+        components.sink,
         send_analysis,
         send_dead_letter,
         components.metrics,
         executor=components.executor,
-        max_backoff_s=settings.output_retry_max_s,
+        policy=OutputPolicy(
+            retry_budget_s=settings.output_retry_budget_s,
+            max_attempts=settings.output_max_attempts,
+            max_backoff_s=settings.output_retry_max_s,
+            max_original_bytes=dead_letter_budget(
+                profile.max_request_bytes, settings.dlq_max_original_bytes
+            ),
+        ),
         send_trend_events=send_trend_events,
+        send_trend_event=send_trend_event,
+        spill=SpillFile(
+            settings.data_dir / "spill" / "spill.jsonl",
+            settings.spill_max_bytes,
+            settings.spill_backups,
+        ),
+        health=health,
     )
     within = settings.max_wait_ms / 1000.0
 
@@ -217,10 +252,20 @@ def create_app(components: WorkerComponents) -> faust.App:
         # noack_take: events are acked by us, after their outputs are durable.
         async for events in stream.noack_take(settings.max_batch, within=within):
             envelopes = [envelope_of(e) for e in events]
+            health.batch_started(len(envelopes), offset_ranges(envelopes))
             outcome = await loop.run_in_executor(components.executor, pipeline.process, envelopes)
-            await writer.write(outcome)
+            try:
+                await writer.write(outcome)
+            except DrainTimeout as exc:
+                health.drain_timed_out = True
+                log.error("stopping with outputs unwritten: %s", exc)
+                return
             for event in events:
                 await stream.ack(event)
+            health.batch_done()
+            if health.drain_requested:
+                log.info("drained: the last batch's outputs are written; stopping")
+                return
 
     # the trends agent runs in its own Faust app (own consumer group): sharing a consumer
     # with the posts agent, a restarted worker could stop fetching posts (see decisions)
@@ -237,11 +282,13 @@ def create_app(components: WorkerComponents) -> faust.App:
         source = settings.topic_posts if role == "posts" else settings.topic_trend_events
         mine = [tp for tp in assigned if tp.topic == source]
         components.metrics.assigned_partitions.set(len(mine))
+        components.health.partitions = len(mine)
         log.info("consuming %d partition(s) of %s", len(mine), source)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         components.metrics.assigned_partitions.set(0)
+        components.health.partitions = 0
         if tracker is not None:
             tracker.reset()
 
@@ -277,7 +324,34 @@ def create_app(components: WorkerComponents) -> faust.App:
 
     @app.page("/healthz")
     async def health_page(self: Any, request: Any) -> Any:
-        version = components.bundle.version if components.bundle else None
-        return self.json({"status": "ok", "role": role, "bundle_version": version})
+        alive, body = health.liveness()
+        body.update(
+            role=role, bundle_version=components.bundle.version if components.bundle else None
+        )
+        return self.json(body, status=200 if alive else 503)
+
+    @app.page("/readyz")
+    async def ready_page(self: Any, request: Any) -> Any:
+        checks: dict[str, object] = {
+            "partitions": health.partitions,
+            "draining": health.drain_requested,
+        }
+        ready = health.partitions > 0 and not health.drain_requested
+        if role == "posts":
+            checks["bundle"] = components.bundle.version if components.bundle else None
+            ready = ready and components.bundle is not None
+            sink = components.sink
+            try:
+                if sink is None:
+                    raise RuntimeError("no Milvus sink")
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(components.executor, sink.check),
+                    timeout=10,
+                )
+                checks["milvus"] = "ok"
+            except Exception as exc:
+                checks["milvus"] = f"{type(exc).__name__}: {exc}"[:500]
+                ready = False
+        return self.json({"ready": ready, **checks}, status=200 if ready else 503)
 
     return app

@@ -83,7 +83,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import faust
+    from streams.worker_shutdown import DrainingWorker
 
     from streams.app import build_components, create_app
     from streams.broker import ensure_topics
@@ -100,13 +100,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     components = build_components(settings)
     app = create_app(components)
-    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    worker = DrainingWorker(
+        app, components.health, settings.shutdown_drain_s, loglevel=args.loglevel, quiet=True
+    )
     try:
         worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
     finally:
         if components.sink is not None:
             components.sink.close()
         components.executor.shutdown(wait=False, cancel_futures=True)
+    if components.health.drain_timed_out:
+        log.error("exited after the drain limit (%.0f s)", settings.shutdown_drain_s)
+        return 3
     return 0
 
 

@@ -45,6 +45,7 @@ class BatchOutcome:
     trend_events: list[TrendEvent] = field(default_factory=list)
     timer: StageTimer = field(default_factory=StageTimer)
     size: int = 0
+    topic_errors: int = 0  # posts whose topic extraction raised (still counted in part)
 
 
 class PostPipeline:
@@ -143,12 +144,8 @@ class PostPipeline:
         timer.stages["analyse"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        try:
-            outcome.trend_events = self.topics(outcome.analysed)
-        except Exception:  # the analyses still go out; only this batch's trend counts miss
-            log.exception(
-                "topics stage raised; batch of %d posts not counted in trends", outcome.size
-            )
+        topics = self.topics(outcome.analysed)  # isolates a failing post by itself
+        outcome.trend_events, outcome.topic_errors = topics.events, topics.errors
         timer.stages["topics"] = time.perf_counter() - start
         return outcome
 

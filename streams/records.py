@@ -7,6 +7,7 @@ accept and reject the same documents. Change them together.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -15,11 +16,21 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 RFC3339_PATTERN = (
-    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
+    r"^(199\d|20\d\d)-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
     r"(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$"
 )
 _RFC3339 = re.compile(RFC3339_PATTERN)
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
+
+INT64_MAX = 2**63 - 1
+MIN_CREATED_AT_MS = 631_152_000_000  # 1990-01-01T00:00:00Z: older posts are implausible
+MAX_CREATED_AT_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: the static bound the schema states
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a post may have (deeper is ``invalid_json``)."""
+PLATFORM_MAX_BYTES = 64
+"""The Milvus ``platform`` field is VARCHAR(64), and a Milvus server counts bytes."""
+STAGES = ("validate", "decode", "encode", "analyse", "output")
+Stage = Literal["validate", "decode", "encode", "analyse", "output"]
 
 
 def _json_integer(value: object) -> object:
@@ -49,18 +60,67 @@ def parse_created_at(value: object) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError("created_at epoch milliseconds must be >= 0")
-        return value
-    if isinstance(value, str):
+        ms = value
+    elif isinstance(value, str):
         if "\n" in value or not _RFC3339.match(value):
             raise ValueError("created_at is not an RFC 3339 date-time")
         text = value.replace("z", "Z").replace("t", "T")
         text = text[:-1] + "+00:00" if text.endswith("Z") else text
         if ":60" in text[17:20]:  # leap second: clamp like most parsers
             text = text[:17] + "59" + text[19:]
-        return int(datetime.fromisoformat(text).timestamp() * 1000)
-    raise ValueError("created_at must be an RFC 3339 string or epoch milliseconds")
+        ms = int(datetime.fromisoformat(text).timestamp() * 1000)
+    else:
+        raise ValueError("created_at must be an RFC 3339 string or epoch milliseconds")
+    if not MIN_CREATED_AT_MS <= ms < MAX_CREATED_AT_MS:
+        raise ValueError(
+            f"created_at {value!r} is outside 1990-01-01 .. 2100-01-01 (epoch ms "
+            f"{MIN_CREATED_AT_MS} .. {MAX_CREATED_AT_MS})"
+        )
+    return ms
+
+
+def check_strings(value: object) -> str | None:
+    """The path (``text``, ``labels.a.0``...) of the first string, key or value at any
+    depth, that holds a lone UTF-16 surrogate, which no UTF-8 sink or JSON encoder can
+    write; None when every string is clean."""
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return path or "post"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    return where
+                stack.append((child, where))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}.{i}") for i, child in enumerate(item))
+    return None
+
+
+def json_depth(value: object) -> int:
+    """How deeply arrays and objects nest in a parsed JSON document (a scalar is 0)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend(
+                (child, depth) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
 
 
 class Media(BaseModel):
@@ -72,6 +132,11 @@ class Media(BaseModel):
     uri: str | None = Field(default=None, min_length=1, max_length=4096)
     data_b64: str | None = Field(default=None, min_length=1)
     mime: str | None = Field(default=None, max_length=255)
+
+    @field_validator("uri", "mime")
+    @classmethod
+    def _no_nul_chars(cls, value: str | None) -> str | None:
+        return _no_nul(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -94,10 +159,10 @@ class Engagement(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    likes: JsonInt = Field(default=0, ge=0)
-    comments: JsonInt = Field(default=0, ge=0)
-    shares: JsonInt = Field(default=0, ge=0)
-    views: JsonInt = Field(default=0, ge=0)
+    likes: JsonInt = Field(default=0, ge=0, le=INT64_MAX)
+    comments: JsonInt = Field(default=0, ge=0, le=INT64_MAX)
+    shares: JsonInt = Field(default=0, ge=0, le=INT64_MAX)
+    views: JsonInt = Field(default=0, ge=0, le=INT64_MAX)
 
 
 class Post(BaseModel):
@@ -121,6 +186,22 @@ class Post(BaseModel):
         if "\n" in value:
             raise ValueError("post_id must not contain a newline")
         return value
+
+    @field_validator("platform")
+    @classmethod
+    def _platform_fits(cls, value: str) -> str:
+        _no_nul(value)
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > PLATFORM_MAX_BYTES:
+            raise ValueError(
+                f"is {size} bytes in UTF-8; the sink stores at most {PLATFORM_MAX_BYTES}"
+            )
+        return value
+
+    @field_validator("author_id", "lang")
+    @classmethod
+    def _identifier_no_nul(cls, value: str | None) -> str | None:
+        return _no_nul(value)
 
     @field_validator("created_at", mode="before")
     @classmethod
@@ -160,19 +241,25 @@ class DeadLetterReason(StrEnum):
     DECODE_TIMEOUT = "decode_timeout"
     IMAGE_TOO_LARGE = "image_too_large"
     ENCODER_FAILED = "encoder_failed"
+    SINK_REJECTED = "sink_rejected"
     INTERNAL_ERROR = "internal_error"
 
 
 class DeadLetter(BaseModel):
-    """A post that could not be processed, with why, where, and its original bytes."""
+    """A post that could not be processed, with why, where, and its original bytes
+    (all of them, or the first ``max_original_bytes`` with ``truncated`` set; size and
+    SHA-256 always describe the whole message)."""
 
     model_config = ConfigDict(frozen=True)
 
     reason: DeadLetterReason
-    stage: Literal["validate", "decode", "encode", "analyse"]
+    stage: Stage
     detail: str
     post_id: str | None = None
     original_b64: str
+    original_size: int = 0
+    original_sha256: str = ""
+    truncated: bool = False
     source_topic: str | None = None
     source_partition: int | None = None
     source_offset: int | None = None
@@ -180,8 +267,16 @@ class DeadLetter(BaseModel):
 
     @property
     def original(self) -> bytes:
-        """The message bytes exactly as they arrived."""
+        """The message bytes as they arrived (only the first ones when ``truncated``)."""
         return base64.b64decode(self.original_b64)
+
+    def capped(self, max_original_bytes: int) -> DeadLetter:
+        """This dead letter with at most ``max_original_bytes`` of the original kept."""
+        original = self.original
+        if len(original) <= max_original_bytes:
+            return self
+        head = base64.b64encode(original[:max_original_bytes]).decode("ascii")
+        return self.model_copy(update={"original_b64": head, "truncated": True})
 
 
 class Analysis(BaseModel):
@@ -198,6 +293,9 @@ class Analysis(BaseModel):
     speech_ratio: float | None = None
     transcript: str | None = None
     ocr_text: str | None = None
+    failed_tools: list[str] = Field(default_factory=list)
+    """Tools (ocr, speech_to_text, voice_activity) that failed on one of the post's
+    items: the analysis is made without their output."""
     category: str | None
     category_probs: dict[str, float]
     sentiment: Literal["negative", "neutral", "positive"]
@@ -225,7 +323,7 @@ class Envelope(BaseModel):
     def dead_letter(
         self,
         reason: DeadLetterReason,
-        stage: Literal["validate", "decode", "encode", "analyse"],
+        stage: Stage,
         detail: str,
         post_id: str | None = None,
         now_ms: int | None = None,
@@ -239,6 +337,8 @@ class Envelope(BaseModel):
             detail=detail[:2000],
             post_id=post_id,
             original_b64=base64.b64encode(self.value).decode("ascii"),
+            original_size=len(self.value),
+            original_sha256=hashlib.sha256(self.value).hexdigest(),
             source_topic=self.topic,
             source_partition=self.partition,
             source_offset=self.offset,

@@ -151,6 +151,41 @@ class Settings(BaseSettings):
     output_retry_max_s: float = Field(
         default=30.0, gt=0, description="longest back-off between retries of Milvus/Kafka writes"
     )
+    output_retry_budget_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="how long one batch's outputs are retried while a sink is unavailable; "
+        "then its posts are dead-lettered as sink_rejected",
+    )
+    output_max_attempts: int = Field(
+        default=4,
+        ge=1,
+        description="attempts of a write failing with an unclassified error before the sink "
+        "is probed (reachable: the rows are refused, isolated and dead-lettered)",
+    )
+    dlq_max_original_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        description="original message bytes a dead letter carries at most (the rest is "
+        "summarised by size and SHA-256, with truncated=true)",
+    )
+    spill_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="size of one spill file (data_dir/spill/spill.jsonl) before it rotates",
+    )
+    spill_backups: int = Field(default=5, ge=1, description="rotated spill files kept")
+    liveness_stall_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="/healthz fails when a batch has been in flight this long without an outcome",
+    )
+    shutdown_drain_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="on SIGTERM, how long the current batch may take to finish; then the "
+        "worker exits non-zero and the batch stays uncommitted",
+    )
 
     max_media_duration_s: float = Field(default=600.0, gt=0, description="longest video/audio")
     max_frame_pixels: int = Field(default=4096 * 4096, ge=1, description="largest video frame")
@@ -252,10 +287,16 @@ class BrokerProfile:
 
     name: str
     faust: dict[str, Any] = field(default_factory=dict)
+    max_request_bytes: int = 1_048_576
     kafka_producer: dict[str, Any] = field(default_factory=dict)
     kafka_consumer: dict[str, Any] = field(default_factory=dict)
     kafka_admin: dict[str, Any] = field(default_factory=dict)
 
+
+MAX_REQUEST_BYTES = 1_048_576
+"""Largest produce request the clients send: Apache Kafka's default ``message.max.bytes``
+(1 MiB plus the batch header) admits it, and so does tansu. Dead letters are capped to
+fit (``dlq_max_original_bytes``)."""
 
 # The bundled tansu broker reports a wrong end offset for multi-record batches and
 # has no exactly-once isolation (ARCHITECTURE.md): one record per produce batch,
@@ -272,8 +313,14 @@ LOCAL_BROKER_PROFILE = BrokerProfile(
         "consumer_auto_offset_reset": "earliest",
         "broker_commit_every": 100,
         "broker_commit_interval": 1.0,
+        "producer_max_request_size": MAX_REQUEST_BYTES,
     },
-    kafka_producer={"batch_size": 1, "linger_ms": 0, "acks": "all"},
+    kafka_producer={
+        "batch_size": 1,
+        "linger_ms": 0,
+        "acks": "all",
+        "max_request_size": MAX_REQUEST_BYTES,
+    },
     kafka_consumer={"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000},
 )
 
@@ -283,8 +330,9 @@ KAFKA_PROFILE = BrokerProfile(
         "processing_guarantee": "at_least_once",
         "consumer_auto_offset_reset": "earliest",
         "topic_replication_factor": 3,
+        "producer_max_request_size": MAX_REQUEST_BYTES,
     },
-    kafka_producer={"linger_ms": 5, "acks": "all"},
+    kafka_producer={"linger_ms": 5, "acks": "all", "max_request_size": MAX_REQUEST_BYTES},
     kafka_consumer={},
 )
 

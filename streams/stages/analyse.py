@@ -15,10 +15,13 @@ encoded, marked ``[ocr]`` and ``[speech]``.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -30,6 +33,8 @@ from streams.records import Analysis, Engagement
 from streams.stages.decode import DecodedPost
 
 CATEGORY_TEMPERATURE = 0.05
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class EmbeddedBatch:
     speech: dict[int, float]
     tokens: TokenBags  # the texts' token bags (lexical input of trained fusion models)
     video_frames: dict[int, np.ndarray]  # post row -> its first video's frame embeddings
+    failed_tools: dict[int, list[str]] = field(default_factory=dict)  # row -> tools skipped
 
 
 @dataclass
@@ -82,6 +88,36 @@ class StageTimer:
     stages: dict[str, float] = field(default_factory=dict)
     encoders: dict[str, float] = field(default_factory=dict)
     encoder_items: dict[str, int] = field(default_factory=dict)
+    tool_failures: dict[str, int] = field(default_factory=dict)
+
+
+TOOLS = ("ocr", "speech_to_text", "voice_activity")
+
+
+def run_tool(
+    tool: str,
+    action: Callable[[], _T],
+    fallback: _T,
+    timer: StageTimer,
+    failed: dict[int, list[str]],
+    row: int,
+) -> _T:
+    """A helper tool's result for one item, or ``fallback`` when it raises: the post is
+    analysed without it (``failed[row]`` records the tool, the timer counts it)."""
+    try:
+        return action()
+    except Exception as exc:
+        log.warning(
+            "%s failed on an item of post row %d (%s: %s); skipped",
+            tool,
+            row,
+            type(exc).__name__,
+            exc,
+        )
+        timer.tool_failures[tool] = timer.tool_failures.get(tool, 0) + 1
+        if tool not in failed.setdefault(row, []):
+            failed[row].append(tool)
+        return fallback
 
 
 def pool_per_post(
@@ -148,9 +184,10 @@ class PostAnalyser:
         parts = {m: np.zeros((n, bundle.dim_of(m)), dtype=np.float32) for m in modalities}
 
         video_frames: dict[int, np.ndarray] = {}
+        failed: dict[int, list[str]] = {}
         pictures = self._pictures(batch, parts, presence, timer, video_frames)
-        speech, transcripts = self._audio(batch, parts, presence, timer)
-        ocr_texts = self._ocr(batch, pictures, timer)
+        speech, transcripts = self._audio(batch, parts, presence, timer, failed)
+        ocr_texts = self._ocr(batch, pictures, timer, failed)
         texts = [
             compose_text(d.validated.post.text, transcripts.get(i, ""), ocr_texts.get(i, ""))
             for i, d in enumerate(batch)
@@ -169,7 +206,7 @@ class PostAnalyser:
         timer.encoders["text"] = time.perf_counter() - start
         timer.encoder_items["text"] = len(text_idx)
         return EmbeddedBatch(
-            parts, presence, texts, transcripts, ocr_texts, speech, tokens, video_frames
+            parts, presence, texts, transcripts, ocr_texts, speech, tokens, video_frames, failed
         )
 
     def __call__(self, batch: list[DecodedPost], timer: StageTimer) -> list[AnalysedPost]:
@@ -235,6 +272,7 @@ class PostAnalyser:
                 speech_ratio=round(e.speech[i], 4) if i in e.speech else None,
                 transcript=e.transcripts.get(i) or None,
                 ocr_text=e.ocr_texts.get(i) or None,
+                failed_tools=e.failed_tools.get(i, []),
                 category=category,
                 category_probs=category_probs,
                 sentiment=sentiment,  # type: ignore[arg-type]
@@ -302,8 +340,10 @@ class PostAnalyser:
         parts: dict[str, np.ndarray],
         presence: np.ndarray,
         timer: StageTimer,
+        failed: dict[int, list[str]],
     ) -> tuple[dict[int, float], dict[int, str]]:
-        """Audio embeddings, voice activity, and transcripts of the clips with speech."""
+        """Audio embeddings, voice activity, and transcripts of the clips with speech.
+        Voice activity or speech-to-text failing on a clip skips that tool for it."""
         bundle, modalities = self.bundle, self.bundle.modalities
         speech: dict[int, float] = {}
         transcripts: dict[int, str] = {}
@@ -311,25 +351,52 @@ class PostAnalyser:
             return speech, transcripts
         start = time.perf_counter()
         clips = [(i, clip) for i, d in enumerate(batch) for clip in d.audio_clips]
-        ratios: list[float] = []
+        ratios: list[float | None] = []
         if clips:
             embedded = l2_normalize(bundle.audio.encode([c for _, c in clips]))
             pool_per_post(parts, presence, modalities, "audio", [i for i, _ in clips], embedded)
-            ratios = [bundle.vad.speech_ratio(clip) if bundle.vad else 1.0 for _, clip in clips]
+            vad = bundle.vad
+            ratios = [
+                run_tool(
+                    "voice_activity",
+                    functools.partial(vad.speech_ratio, clip),
+                    None,
+                    timer,
+                    failed,
+                    i,
+                )
+                if vad
+                else 1.0
+                for i, clip in clips
+            ]
             for (i, _), ratio in zip(clips, ratios, strict=True):
-                speech[i] = max(speech.get(i, 0.0), ratio)
+                if ratio is not None:
+                    speech[i] = max(speech.get(i, 0.0), ratio)
         timer.encoders["audio"] = time.perf_counter() - start
         timer.encoder_items["audio"] = len(clips)
         spoken = [
             (i, clip)
             for (i, clip), ratio in zip(clips, ratios, strict=True)
-            if ratio >= self.options.stt_min_speech_ratio
+            if ratio is not None and ratio >= self.options.stt_min_speech_ratio
         ]
-        if spoken and bundle.stt is not None:
+        stt = bundle.stt
+        if spoken and stt is not None:
             start = time.perf_counter()
-            for (i, _), text in zip(
-                spoken, bundle.stt.transcribe([c for _, c in spoken]), strict=True
-            ):
+            try:
+                texts = stt.transcribe([c for _, c in spoken])
+            except Exception:  # find the clip(s) to blame; the others keep their text
+                texts = [
+                    run_tool(
+                        "speech_to_text",
+                        functools.partial(lambda c: stt.transcribe([c])[0], clip),
+                        "",
+                        timer,
+                        failed,
+                        i,
+                    )
+                    for i, clip in spoken
+                ]
+            for (i, _), text in zip(spoken, texts, strict=True):
                 if text:
                     transcripts[i] = f"{transcripts.get(i, '')} {text}".strip()
             timer.encoders["speech_to_text"] = time.perf_counter() - start
@@ -341,9 +408,12 @@ class PostAnalyser:
         batch: list[DecodedPost],
         pictures: list[tuple[int, int, Image.Image]],
         timer: StageTimer,
+        failed: dict[int, list[str]],
     ) -> dict[int, str]:
-        """Text read from a post's images and a few of each video's frames."""
-        if self.bundle.ocr is None or not pictures:
+        """Text read from a post's images and a few of each video's frames; a picture
+        OCR fails on is skipped."""
+        ocr = self.bundle.ocr
+        if ocr is None or not pictures:
             return {}
         start = time.perf_counter()
         chosen: list[tuple[int, Image.Image]] = []
@@ -357,7 +427,7 @@ class PostAnalyser:
                     chosen += [(i, frames[k]) for k in sorted(set(picks.tolist()))]
         found: dict[int, list[str]] = {}
         for i, picture in chosen:
-            text = self.bundle.ocr.read(picture)
+            text = run_tool("ocr", functools.partial(ocr.read, picture), "", timer, failed, i)
             if text and text not in found.get(i, []):
                 found.setdefault(i, []).append(text)
         timer.encoders["ocr"] = time.perf_counter() - start

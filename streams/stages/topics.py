@@ -8,6 +8,7 @@ events out (published to the trend-events topic and counted by the trends agent)
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter
@@ -20,6 +21,7 @@ from streams.stages.analyse import AnalysedPost
 from streams.stages.heavy_hitters import SpaceSaving
 from streams.stages.trends import TrendEvent, category_topic, extract_hashtags, trend_events
 
+log = logging.getLogger(__name__)
 _WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
 _TOKEN = re.compile(r"#?[^\W\d_]+(?:'[^\W\d_]+)?|\S", re.UNICODE)
 MAX_PHRASES_PER_POST = 3
@@ -129,8 +131,11 @@ class EmergingTopics:
 
     def _new_cluster(self, dim: int) -> _Cluster:
         if len(self.clusters) >= self.config.max_clusters:
-            unnamed = [c for c in self.clusters if c.name is None] or self.clusters
-            self.clusters.remove(min(unnamed, key=lambda c: c.last_seen))
+            # by position: list.remove compares clusters by value, and comparing the
+            # numpy centroids of two clusters raises
+            candidates = [k for k, c in enumerate(self.clusters) if c.name is None]
+            candidates = candidates or list(range(len(self.clusters)))
+            del self.clusters[min(candidates, key=lambda k: self.clusters[k].last_seen)]
         cluster = _Cluster(np.zeros(dim, dtype=np.float32))
         self.clusters.append(cluster)
         return cluster
@@ -159,37 +164,58 @@ class TopicExtractor:
     def __init__(self, emerging: EmergingTopics | None = None) -> None:
         self.emerging = emerging or EmergingTopics()
 
-    def topics_of(self, post: AnalysedPost) -> list[str]:
-        """Topic ids of one post: category, hashtags, key phrases, emerging topic."""
+    def basic_topics(self, post: AnalysedPost) -> list[str]:
+        """The topics that come straight from the analysis and the text: the category
+        and the hashtags."""
+        analysis = post.analysis
+        topics = [category_topic(analysis.category)] if analysis.category else []
+        return topics + extract_hashtags(post.decoded.validated.post.text or "")
+
+    def derived_topics(self, post: AnalysedPost) -> list[str]:
+        """Key phrases and the emerging topic (clustering) of one post."""
         analysis = post.analysis
         text = post.decoded.validated.post.text or ""
-        topics = []
-        explained = False
-        if analysis.category:
-            topics.append(category_topic(analysis.category))
-            best = max(analysis.category_probs.values(), default=0.0)
-            explained = best >= self.emerging.config.max_category_prob
-        topics += extract_hashtags(text)
-        topics += key_phrases(text)
-        if not explained and text:
+        topics = key_phrases(text)
+        best = max(analysis.category_probs.values(), default=0.0) if analysis.category else 0.0
+        if best < self.emerging.config.max_category_prob and text:
             emerging = self.emerging.assign(post.embedding, post_terms(text))
             if emerging:
                 topics.append(emerging)
         return topics
 
-    def __call__(self, batch: list[AnalysedPost]) -> list[TrendEvent]:
-        events: list[TrendEvent] = []
+    def topics_of(self, post: AnalysedPost) -> list[str]:
+        """Topic ids of one post: category, hashtags, key phrases, emerging topic."""
+        return self.basic_topics(post) + self.derived_topics(post)
+
+    def __call__(self, batch: list[AnalysedPost]) -> TopicEvents:
+        """Trend events of a batch. A post whose derived topics raise still counts its
+        category and hashtags; the error is counted and logged with the post id."""
+        result = TopicEvents()
         for post in batch:
             envelope = post.decoded.validated.envelope
             if envelope.partition is None or envelope.offset is None:
                 continue  # not from a topic (no position to deduplicate by): not counted
             a = post.analysis
-            events += trend_events(
-                a.post_id,
-                a.created_at_ms,
-                a.sentiment,
-                self.topics_of(post),
-                envelope.partition,
-                envelope.offset,
+            try:
+                topics = self.basic_topics(post)
+            except Exception:
+                log.exception("topics of post %s: category and hashtags failed", a.post_id)
+                result.errors += 1
+                continue
+            try:
+                topics += self.derived_topics(post)
+            except Exception:
+                log.exception("topics of post %s: phrases/emerging topic failed", a.post_id)
+                result.errors += 1
+            result.events += trend_events(
+                a.post_id, a.created_at_ms, a.sentiment, topics, envelope.partition, envelope.offset
             )
-        return events
+        return result
+
+
+@dataclass
+class TopicEvents:
+    """A batch's trend events and how many posts' topic extraction raised."""
+
+    events: list[TrendEvent] = field(default_factory=list)
+    errors: int = 0

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from streams.records import DeadLetter, DeadLetterReason, Envelope, MediaKind, Post
+from streams.records import (
+    MAX_JSON_DEPTH,
+    DeadLetter,
+    DeadLetterReason,
+    Envelope,
+    MediaKind,
+    Post,
+    check_strings,
+    json_depth,
+)
 
 _KNOWN_KINDS = {k.value for k in MediaKind}
 
@@ -26,6 +37,8 @@ class ValidationLimits:
 
     max_text_chars: int = 20_000
     max_media_items: int = 16
+    max_future_ms: int = 86_400_000
+    """How far past the validator's clock ``created_at`` may lie (clock skew, time zones)."""
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -39,8 +52,9 @@ class PostValidator:
 
     name = "validate"
 
-    def __init__(self, limits: ValidationLimits) -> None:
+    def __init__(self, limits: ValidationLimits, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits
+        self.clock = clock
 
     def __call__(self, envelope: Envelope) -> ValidatedPost | DeadLetter:
         """One message -> a valid post or its dead letter."""
@@ -48,8 +62,20 @@ class PostValidator:
             doc = json.loads(envelope.value)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return envelope.dead_letter(DeadLetterReason.INVALID_JSON, "validate", str(exc))
+        except RecursionError:
+            return envelope.dead_letter(
+                DeadLetterReason.INVALID_JSON,
+                "validate",
+                f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+            )
+        if json_depth(doc) > MAX_JSON_DEPTH:
+            return envelope.dead_letter(
+                DeadLetterReason.INVALID_JSON,
+                "validate",
+                f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+            )
         post_id = doc.get("post_id") if isinstance(doc, dict) else None
-        post_id = post_id if isinstance(post_id, str) else None
+        post_id = post_id if isinstance(post_id, str) and check_strings(post_id) is None else None
         if not isinstance(doc, dict):
             return envelope.dead_letter(
                 DeadLetterReason.SCHEMA_VIOLATION,
@@ -67,11 +93,28 @@ class PostValidator:
                         f"media.{i}.kind {kind!r} is not one of {sorted(_KNOWN_KINDS)}",
                         post_id,
                     )
+        bad_string = check_strings(doc)
+        if bad_string is not None:
+            return envelope.dead_letter(
+                DeadLetterReason.SCHEMA_VIOLATION,
+                "validate",
+                f"{bad_string}: a lone UTF-16 surrogate is not text (no sink can store it)",
+                post_id,
+            )
         try:
             post = Post.model_validate(doc)
         except ValidationError as exc:
             return envelope.dead_letter(
                 DeadLetterReason.SCHEMA_VIOLATION, "validate", _first_error(exc), post_id
+            )
+        latest = int(self.clock() * 1000) + self.limits.max_future_ms
+        if post.created_at_ms > latest:
+            return envelope.dead_letter(
+                DeadLetterReason.SCHEMA_VIOLATION,
+                "validate",
+                f"created_at: {post.created_at_ms} (epoch ms) is more than "
+                f"{self.limits.max_future_ms // 3_600_000} h in the future",
+                post.post_id,
             )
         if len(post.text) > self.limits.max_text_chars:
             return envelope.dead_letter(

@@ -92,7 +92,7 @@ def test_video_only_post_with_speech_is_understood(served_bundle: ServedBundle) 
         "post_id": "video-speech",
         "platform": "x",
         "author_id": "u",
-        "created_at": 1,
+        "created_at": 1_700_000_000_000,
         "media": [{"kind": "video", "data_b64": base64.b64encode(video).decode()}],
     }
     outcome = PostPipeline(Settings(), served_bundle).process(
@@ -115,7 +115,7 @@ def test_silent_and_musical_audio_is_not_transcribed(served_bundle: ServedBundle
         "post_id": "tone",
         "platform": "x",
         "author_id": "u",
-        "created_at": 1,
+        "created_at": 1_700_000_000_000,
         "media": [
             {"kind": "audio", "data_b64": base64.b64encode(make_audio("ogg", tone(3.0))).decode()}
         ],

@@ -70,7 +70,7 @@ class Pages:
             "post_id": post_id,
             "platform": "t",
             "author_id": "a",
-            "created_at": 0,
+            "created_at": 1_700_000_000_000,
             "text": "x",
             "engagement": {"likes": likes},
         }

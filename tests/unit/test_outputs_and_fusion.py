@@ -13,7 +13,7 @@ from exporters.base import BackpressureError
 from exporters.memory import ListSink
 from exporters.milvus import EmbeddingRow
 from exporters.prometheus import PipelineMetrics
-from streams.outputs import OutputWriter
+from streams.outputs import OutputPolicy, OutputWriter
 from streams.pipeline import BatchOutcome
 from streams.records import Analysis, DeadLetterReason, Envelope, Post
 from streams.settings import LOCAL_BROKER_PROFILE, Settings, bootstrap_servers, broker_profile
@@ -23,7 +23,7 @@ from streams.stages.validate import ValidatedPost
 
 
 def _analysed(i: int) -> AnalysedPost:
-    post = Post(post_id=f"p{i}", platform="x", author_id="u", created_at=1000 * i, text="t")
+    post = Post(post_id=f"p{i}", platform="x", author_id="u", created_at=1_700_000_000_000 + 1000 * i, text="t")
     env = Envelope(value=b"{}", topic="posts", partition=0, offset=i, timestamp_ms=0)
     analysis = Analysis(
         post_id=post.post_id,
@@ -62,7 +62,9 @@ def test_writer_retries_until_every_output_is_written() -> None:
 
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
-    writer = OutputWriter(sink, send_analysis, send_dead, metrics, max_backoff_s=0.01)
+    writer = OutputWriter(
+        sink, send_analysis, send_dead, metrics, policy=OutputPolicy(base_backoff_s=0.001)
+    )
     outcome = BatchOutcome(analysed=[_analysed(i) for i in range(5)], size=6)
     outcome.dead_letters.append(
         Envelope(value=b"x", offset=9).dead_letter(DeadLetterReason.INVALID_JSON, "validate", "bad")
@@ -174,7 +176,10 @@ def test_pipeline_turns_a_stage_bug_into_dead_letters() -> None:
     pipeline.validator = PostValidator(ValidationLimits())
     pipeline.decoder = ExplodingDecoder()  # type: ignore[assignment]
     pipeline.analyser = lambda batch, timer: []  # type: ignore[assignment,misc]
-    value = b'{"post_id": "p", "platform": "x", "author_id": "u", "created_at": 1, "text": "t"}'
+    from streams.stages.topics import TopicExtractor
+
+    pipeline.topics = TopicExtractor()
+    value = b'{"post_id": "p", "platform": "x", "author_id": "u", "created_at": 1700000000000, "text": "t"}'
     outcome = pipeline.process([Envelope(value=value, offset=3), Envelope(value=b"{", offset=4)])
     reasons = sorted(d.reason.value for d in outcome.dead_letters)
     assert reasons == ["internal_error", "invalid_json"]

@@ -98,6 +98,21 @@ CASES: list[tuple[str, Any, bool]] = [
     ("engagement unknown counter", with_("engagement.saves", 1), False),
     ("labels list", with_("labels", ["food"]), False),
     ("not an object", ["post"], False),
+    # ranges the sinks can store and that are plausible (issue 15)
+    ("created_at 1e20 epoch ms", with_("created_at", 100000000000000000000), False),
+    ("created_at epoch 0", with_("created_at", 0), False),
+    ("created_at 1989", with_("created_at", "1989-12-31T12:00:00Z"), False),
+    ("created_at 1990 epoch", with_("created_at", 631152000000), True),
+    ("created_at 2100", with_("created_at", "2100-01-01T00:00:00Z"), False),
+    ("created_at 2100 epoch", with_("created_at", 4102444800000), False),
+    ("likes int64 max", with_("engagement.likes", 2**63 - 1), True),
+    ("likes past int64", with_("engagement.likes", 2**63), False),
+    ("views 1e30", with_("engagement.views", 10**30), False),
+    ("NUL in platform", with_("platform", "x\u0000y"), False),
+    ("NUL in author", with_("author_id", "\u0000"), False),
+    ("NUL in media uri", with_("media.0.uri", "file:///m/a\u0000.png"), False),
+    ("NUL in text is text", with_("text", "a\u0000b"), True),
+    ("ascii platform of 64", with_("platform", "p" * 64), True),
 ]
 
 
@@ -147,7 +162,15 @@ def test_random_mutations_agree() -> None:
     assert accepted > 300 and rejected > 300
 
 
+def test_what_the_schema_cannot_say_is_checked_by_the_model() -> None:
+    # bytes, not characters: 30 CJK characters are 90 bytes, over a Milvus VARCHAR(64)
+    doc = with_("platform", "小红书" * 10)
+    assert VALIDATOR.is_valid(doc) and not model_accepts(doc)
+    assert model_accepts(with_("platform", "小红书" * 7))  # 63 bytes
+    assert "bytes in UTF-8" in SCHEMA["properties"]["platform"]["description"]
+
+
 def test_created_at_normalises_to_epoch_ms() -> None:
-    assert parse_created_at("1970-01-01T00:00:01Z") == 1000
+    assert parse_created_at("1990-01-01T00:00:01Z") == 631152001000
     assert parse_created_at("2026-11-29T12:00:00+01:00") == parse_created_at("2026-11-29T11:00:00Z")
     assert Post.model_validate(with_("created_at", 1764410100000)).created_at_ms == 1764410100000

@@ -126,7 +126,7 @@ def test_posts_import_from_jsonl_csv_and_parquet(tmp_path: Path) -> None:
             "post_id": "p1",
             "platform": "x",
             "author_id": "u",
-            "created_at": 5,
+            "created_at": 1_700_000_000_005,
             "text": "hi",
             "labels": {"category": "food"},
             "media": [{"kind": "image", "uri": "a.png"}],
@@ -151,7 +151,7 @@ def test_posts_import_from_jsonl_csv_and_parquet(tmp_path: Path) -> None:
         assert got[0]["labels"] == {"category": "food"} and got[0]["media"][0]["kind"] == "image", (
             name
         )
-        assert got[0]["created_at"] == 5 and "media" not in got[1], name
+        assert got[0]["created_at"] == 1_700_000_000_005 and "media" not in got[1], name
     with pytest.raises(ValueError, match="unsupported format"):
         read_posts(tmp_path / "p.xlsx")
 

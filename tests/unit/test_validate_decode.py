@@ -66,6 +66,80 @@ def test_validator_reasons(value: bytes, reason: DeadLetterReason) -> None:
     assert result.detail
 
 
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "named"),
+    [
+        # passed validation before issue 15, then Milvus refused the batch forever
+        (
+            json.dumps(post(created_at=100000000000000000000)).encode(),
+            "schema_violation",
+            "created_at",
+        ),
+        (json.dumps(post(engagement={"likes": 2**64})).encode(), "schema_violation", "likes"),
+        (
+            b'{"post_id": "p1", "text": "\\ud800", "platform": "x", "author_id": "u", "created_at": 1700000000000}',
+            "schema_violation",
+            "text",
+        ),
+        (
+            b'{"post_id": "p1", "labels": {"\\udfff": 1}, "platform": "x", "author_id": "u", "created_at": 1700000000000, "text": "a"}',
+            "schema_violation",
+            "labels",
+        ),
+        (json.dumps(post(platform="x\x00")).encode(), "schema_violation", "platform"),
+        (json.dumps(post(platform="é" * 40)).encode(), "schema_violation", "platform"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json", "nested"),
+        (json.dumps(post(labels=_nested(66))).encode(), "invalid_json", "nested"),
+    ],
+    ids=[
+        "created_at 1e20",
+        "likes 2^64",
+        "surrogate text",
+        "surrogate key",
+        "NUL platform",
+        "platform 80 bytes",
+        "nested 100k deep",
+        "labels nested 66 deep",
+    ],
+)
+def test_validator_refuses_what_sinks_cannot_store(value: bytes, reason: str, named: str) -> None:
+    result = VALIDATOR(env(value))
+    assert isinstance(result, DeadLetter), result
+    assert result.reason.value == reason and named in result.detail, result.detail
+    assert result.original == value and result.original_size == len(value)
+
+
+def test_created_at_may_lie_a_day_ahead_but_not_more() -> None:
+    now_s = 1_800_000_000.0
+    validator = PostValidator(ValidationLimits(), clock=lambda: now_s)
+    soon = validator(env(post(created_at=int(now_s * 1000) + 3_600_000)))
+    assert isinstance(soon, ValidatedPost)
+    later = validator(env(post(created_at=int(now_s * 1000) + 2 * 86_400_000)))
+    assert isinstance(later, DeadLetter) and "future" in later.detail
+    assert later.reason is DeadLetterReason.SCHEMA_VIOLATION and later.post_id == "p1"
+
+
+def test_dead_letter_keeps_size_and_hash_when_capped() -> None:
+    import hashlib
+
+    value = json.dumps(post(text="a" * 5_000_000)).encode()
+    dead = VALIDATOR(env(value))
+    assert isinstance(dead, DeadLetter) and dead.reason is DeadLetterReason.TEXT_TOO_LONG
+    capped = dead.capped(1000)
+    assert capped.truncated and capped.original == value[:1000]
+    assert capped.original_size == len(value)
+    assert capped.original_sha256 == hashlib.sha256(value).hexdigest()
+    assert len(capped.model_dump_json()) < 4000
+    assert dead.capped(len(value)) is dead
+
+
 def test_validator_keeps_post_id_when_it_can() -> None:
     result = VALIDATOR(env(post(text="a" * 2000, post_id="keep-me")))
     assert isinstance(result, DeadLetter) and result.post_id == "keep-me"

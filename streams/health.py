@@ -1,0 +1,125 @@
+"""What a worker knows about its own health: liveness (is the agent making progress?),
+readiness (can it take posts?) and the bounded drain on SIGTERM.
+
+The agent and the output writer report into one :class:`WorkerHealth`; the web pages
+``/healthz`` and ``/readyz`` read it. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class DrainTimeout(RuntimeError):
+    """The worker was asked to stop and the drain limit passed before the batch was
+    written; the batch stays uncommitted (it is redelivered after the restart)."""
+
+
+@dataclass
+class InFlightBatch:
+    """The batch the agent is working on now."""
+
+    size: int
+    started: float
+    offsets: dict[int, tuple[int, int]]  # partition -> (first, last) offset in the batch
+
+
+@dataclass
+class WorkerHealth:
+    """Progress of the posts agent, as liveness and readiness see it."""
+
+    stall_after_s: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(default=0.0)
+    in_flight: InFlightBatch | None = None
+    last_progress: float = 0.0
+    batches_done: int = 0
+    problem: str | None = None  # e.g. "milvus: retrying since 12 s: connection refused"
+    partitions: int = 0  # input partitions assigned now
+    drain_requested: bool = False
+    drain_deadline: float = float("inf")
+    drain_timed_out: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.last_progress = self.clock()
+
+    # -- reported by the agent and the writer
+    def batch_started(self, size: int, offsets: dict[int, tuple[int, int]]) -> None:
+        """The agent took a batch of ``size`` messages."""
+        with self._lock:
+            self.in_flight = InFlightBatch(size, self.clock(), offsets)
+
+    def batch_done(self) -> None:
+        """The batch's outputs are durable and its messages acked."""
+        with self._lock:
+            self.in_flight = None
+            self.problem = None
+            self.batches_done += 1
+            self.last_progress = self.clock()
+
+    def report_problem(self, problem: str | None) -> None:
+        """What the current batch waits for (a sink being retried), or None."""
+        with self._lock:
+            self.problem = problem
+
+    # -- the drain on SIGTERM
+    def begin_drain(self, limit_s: float) -> None:
+        """Stop after the current batch; a write still retrying at ``limit_s`` gives up."""
+        with self._lock:
+            if not self.drain_requested:
+                self.drain_requested = True
+                self.drain_deadline = self.clock() + limit_s
+
+    def drain_remaining(self) -> float:
+        """Seconds left of the drain (infinite when no stop was asked)."""
+        return self.drain_deadline - self.clock()
+
+    def check_drain(self) -> None:
+        """Raise :class:`DrainTimeout` once a requested drain ran out of time."""
+        if self.drain_requested and self.drain_remaining() <= 0:
+            raise DrainTimeout(f"drain limit reached; {self.describe_in_flight()} left uncommitted")
+
+    def describe_in_flight(self) -> str:
+        """The in-flight batch in words: size and offset ranges per partition."""
+        batch = self.in_flight
+        if batch is None:
+            return "no batch"
+        ranges = ", ".join(
+            f"partition {p} offsets {a}..{b}" for p, (a, b) in sorted(batch.offsets.items())
+        )
+        return f"a batch of {batch.size} message(s) ({ranges})"
+
+    # -- read by the web pages
+    def liveness(self) -> tuple[bool, dict[str, object]]:
+        """(alive, body): not alive when a batch has been in flight for longer than
+        ``stall_after_s`` (records are waiting and none get an outcome)."""
+        with self._lock:
+            now = self.clock()
+            batch = self.in_flight
+            body: dict[str, object] = {
+                "batches_done": self.batches_done,
+                "seconds_since_progress": round(now - self.last_progress, 3),
+                "stall_after_s": self.stall_after_s,
+            }
+            if batch is not None:
+                body["in_flight"] = {
+                    "messages": batch.size,
+                    "seconds": round(now - batch.started, 3),
+                    "offsets": {str(p): list(r) for p, r in sorted(batch.offsets.items())},
+                }
+            if self.problem:
+                body["waiting_for"] = self.problem
+            if batch is not None and now - batch.started > self.stall_after_s:
+                body["status"] = "stalled"
+                body["reason"] = (
+                    f"no progress for {now - batch.started:.0f} s with {batch.size} message(s) "
+                    f"in flight (limit {self.stall_after_s:.0f} s)"
+                    + (f": {self.problem}" if self.problem else "")
+                )
+                return False, body
+            body["status"] = "ok"
+            return True, body
