@@ -1049,6 +1049,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("kafka", "aiokafka", "httpx", "pymilvus", "faiss", "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Milvus Lite's in-process gRPC server logs a traceback for each call pymilvus makes
+    # to a method it lacks (AllocTimestamp); pymilvus falls back by itself
+    logging.getLogger("grpc._server").addFilter(
+        lambda record: "Method not implemented" not in record.getMessage()
+    )
     from encoders.bundle import BundleError
     from encoders.training.errors import CacheMismatchError, CorpusUnavailableError
     from exporters.milvus import SchemaMismatchError

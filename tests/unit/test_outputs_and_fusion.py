@@ -15,7 +15,7 @@ from exporters.milvus import EmbeddingRow
 from exporters.prometheus import PipelineMetrics
 from streams.outputs import OutputPolicy, OutputWriter
 from streams.pipeline import BatchOutcome
-from streams.records import Analysis, DeadLetterReason, Envelope, Post
+from streams.records import Analysis, DeadLetter, DeadLetterReason, Envelope, Post
 from streams.settings import LOCAL_BROKER_PROFILE, Settings, bootstrap_servers, broker_profile
 from streams.stages.analyse import AnalysedPost, popularity_score, sentiment_label
 from streams.stages.decode import DecodedPost
@@ -23,7 +23,13 @@ from streams.stages.validate import ValidatedPost
 
 
 def _analysed(i: int) -> AnalysedPost:
-    post = Post(post_id=f"p{i}", platform="x", author_id="u", created_at=1_700_000_000_000 + 1000 * i, text="t")
+    post = Post(
+        post_id=f"p{i}",
+        platform="x",
+        author_id="u",
+        created_at=1_700_000_000_000 + 1000 * i,
+        text="t",
+    )
     env = Envelope(value=b"{}", topic="posts", partition=0, offset=i, timestamp_ms=0)
     analysis = Analysis(
         post_id=post.post_id,
@@ -185,3 +191,180 @@ def test_pipeline_turns_a_stage_bug_into_dead_letters() -> None:
     assert reasons == ["internal_error", "invalid_json"]
     internal = next(d for d in outcome.dead_letters if d.reason is DeadLetterReason.INTERNAL_ERROR)
     assert internal.stage == "decode" and "boom" in internal.detail and internal.original == value
+
+
+# -- outputs that cannot wedge (issue 15) -------------------------------------------
+
+
+class _Sends:
+    """Records what the fake publishers were given; can refuse values by size."""
+
+    def __init__(self, limit: int | None = None, down: bool = False) -> None:
+        self.limit, self.down = limit, down
+        self.analyses: list[bytes] = []
+        self.dead: list[bytes] = []
+
+    async def analysis(self, key: bytes | None, value: bytes) -> None:
+        self.analyses.append(value)
+
+    async def dead_letter(self, key: bytes | None, value: bytes) -> None:
+        from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+        if self.down:
+            raise KafkaTimeoutError("no broker")
+        if self.limit is not None and len(value) > self.limit:
+            raise MessageSizeTooLargeError(f"{len(value)} bytes")
+        self.dead.append(value)
+
+
+class _RefusingSink(ListSink[EmbeddingRow]):
+    """Refuses any batch holding a row with a negative popularity, like a sink refusing
+    a value it cannot store; or is down for good."""
+
+    def __init__(self, down: bool = False) -> None:
+        super().__init__(max_rows=8)
+        self.down = down
+        self.calls = 0
+
+    def write_batch(self, batch: list[EmbeddingRow]) -> None:
+        from exporters.base import RowsRejectedError
+
+        self.calls += 1
+        if self.down:
+            raise ConnectionRefusedError("milvus down")
+        if any((r.popularity or 0) < 0 for r in batch):
+            raise RowsRejectedError("value out of range")
+        super().write_batch(batch)
+
+
+def _bad(analysed: AnalysedPost) -> AnalysedPost:
+    analysed.analysis = analysed.analysis.model_copy(update={"popularity": -1.0})
+    return analysed
+
+
+def test_a_refused_row_is_isolated_and_the_rest_written() -> None:
+    registry = CollectorRegistry()
+    sink, sends = _RefusingSink(), _Sends()
+    writer = OutputWriter(sink, sends.analysis, sends.dead_letter, PipelineMetrics(registry))
+    posts = [_analysed(i) for i in range(16)]
+    _bad(posts[5])
+    outcome = BatchOutcome(analysed=posts, size=16)
+    asyncio.run(writer.write(outcome))
+    assert sorted(r.post_id for r in sink.items) == sorted(f"p{i}" for i in range(16) if i != 5)
+    assert len(sends.analyses) == 15
+    [dead] = [DeadLetter.model_validate_json(v) for v in sends.dead]
+    assert dead.reason is DeadLetterReason.SINK_REJECTED and dead.post_id == "p5"
+    assert dead.stage == "output" and "milvus" in dead.detail and "out of range" in dead.detail
+    assert [a.analysis.post_id for a in outcome.analysed] == [f"p{i}" for i in range(16) if i != 5]
+    value = registry.get_sample_value
+    assert value("postpulse_sink_rejected_posts_total", {"sink": "milvus"}) == 1
+    assert value("postpulse_posts_total", {"outcome": "dead_lettered"}) == 1
+    assert sink.calls <= 2 + 2 * 4  # two chunks of 8, bisected: a bounded number of writes
+
+
+def test_a_sink_down_for_good_dead_letters_the_batch_in_bounded_time() -> None:
+    sink, sends = _RefusingSink(down=True), _Sends()
+    policy = OutputPolicy(retry_budget_s=0.3, base_backoff_s=0.01, max_backoff_s=0.05)
+    writer = OutputWriter(
+        sink, sends.analysis, sends.dead_letter, PipelineMetrics(CollectorRegistry()), policy=policy
+    )
+    outcome = BatchOutcome(analysed=[_analysed(i) for i in range(4)], size=4)
+    asyncio.run(asyncio.wait_for(writer.write(outcome), timeout=10))
+    dead = [DeadLetter.model_validate_json(v) for v in sends.dead]
+    assert sorted(d.post_id or "" for d in dead) == ["p0", "p1", "p2", "p3"]
+    assert all("still failing" in d.detail and "milvus down" in d.detail for d in dead)
+    assert not sends.analyses and sink.calls > 3  # retried, then given up
+
+
+def test_a_dead_letter_too_big_to_publish_is_capped_then_spilled(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from streams.spill import SpillFile
+
+    big = Envelope(value=b"x" * 200_000, offset=1).dead_letter(
+        DeadLetterReason.TEXT_TOO_LONG, "validate", "long"
+    )
+    # a producer limit of 20 kB: the capped dead letter (16 kB of original) fits
+    sends = _Sends(limit=30_000)
+    policy = OutputPolicy(max_original_bytes=16_000)
+    metrics = PipelineMetrics(CollectorRegistry())
+    writer = OutputWriter(None, sends.analysis, sends.dead_letter, metrics, policy=policy)
+    asyncio.run(writer.write(BatchOutcome(dead_letters=[big], size=1)))
+    [sent] = [DeadLetter.model_validate_json(v) for v in sends.dead]
+    assert sent.truncated and sent.original_size == 200_000 and len(sent.original) == 16_000
+    # a producer refusing even that: the original goes, the summary is published
+    sends = _Sends(limit=2_000)
+    writer = OutputWriter(None, sends.analysis, sends.dead_letter, metrics, policy=policy)
+    asyncio.run(writer.write(BatchOutcome(dead_letters=[big], size=1)))
+    [bare] = [DeadLetter.model_validate_json(v) for v in sends.dead]
+    assert bare.truncated and bare.original == b"" and bare.original_sha256 == big.original_sha256
+    # a broker that is down past the budget: the spill file, never a retry loop
+    spill = SpillFile(tmp_path / "spill" / "spill.jsonl", max_bytes=10_000, backups=2)
+    registry = CollectorRegistry()
+    writer = OutputWriter(
+        None,
+        sends.analysis,
+        _Sends(down=True).dead_letter,
+        PipelineMetrics(registry),
+        policy=OutputPolicy(retry_budget_s=0.2, base_backoff_s=0.01, max_original_bytes=16_000),
+        spill=spill,
+    )
+    for _ in range(3):
+        asyncio.run(asyncio.wait_for(writer.write(BatchOutcome(dead_letters=[big], size=1)), 10))
+    files = sorted(p.name for p in (tmp_path / "spill").iterdir())
+    assert files == ["spill.jsonl", "spill.jsonl.1", "spill.jsonl.2"]  # rotated, bounded
+    import json as _json
+
+    line = _json.loads((tmp_path / "spill" / "spill.jsonl").read_text().splitlines()[0])
+    assert line["kind"] == "dead_letter" and "KafkaTimeoutError" in line["error"]
+    spilled = DeadLetter.model_validate_json(line["value"])
+    assert spilled.reason is DeadLetterReason.TEXT_TOO_LONG and spilled.truncated
+    assert (
+        registry.get_sample_value("postpulse_spilled_records_total", {"kind": "dead_letter"}) == 3
+    )
+
+
+def test_errors_are_classified() -> None:
+    from kafka.errors import (
+        KafkaTimeoutError,
+        MessageSizeTooLargeError,
+        NotLeaderForPartitionError,
+    )
+
+    from exporters.base import RowsRejectedError
+    from streams.outputs import ErrorKind, classify_error
+
+    assert classify_error(BackpressureError("busy")) is ErrorKind.TRANSIENT
+    assert classify_error(ConnectionRefusedError()) is ErrorKind.TRANSIENT
+    assert classify_error(KafkaTimeoutError()) is ErrorKind.TRANSIENT
+    assert classify_error(NotLeaderForPartitionError()) is ErrorKind.TRANSIENT
+    assert classify_error(MessageSizeTooLargeError()) is ErrorKind.PERMANENT
+    assert classify_error(RowsRejectedError("out of range")) is ErrorKind.PERMANENT
+    assert classify_error(UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogate")) is (
+        ErrorKind.PERMANENT
+    )
+    assert classify_error(RuntimeError("?")) is ErrorKind.UNKNOWN
+
+
+def test_liveness_turns_red_when_a_batch_makes_no_progress() -> None:
+    from streams.health import DrainTimeout, WorkerHealth
+
+    now = [100.0]
+    health = WorkerHealth(stall_after_s=30, clock=lambda: now[0])
+    assert health.liveness()[0]
+    health.batch_started(8, {0: (10, 17)})
+    now[0] += 29
+    assert health.liveness()[0]
+    health.report_problem("milvus: retrying since 29 s: connection refused")
+    now[0] += 2
+    alive, body = health.liveness()
+    assert not alive and body["status"] == "stalled"
+    assert "connection refused" in str(body["reason"]) and body["in_flight"]["offsets"] == {
+        "0": [10, 17]
+    }  # type: ignore[index]
+    health.batch_done()
+    assert health.liveness()[0]
+    health.batch_started(1, {2: (5, 5)})
+    health.begin_drain(3)
+    health.check_drain()
+    now[0] += 4
+    with pytest.raises(DrainTimeout, match="partition 2 offsets 5..5"):
+        health.check_drain()
