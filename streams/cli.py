@@ -83,11 +83,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.worker_shutdown import DrainingWorker
-
     from streams.app import build_components, create_app
     from streams.broker import ensure_topics
     from streams.topics import all_topic_names
+    from streams.worker_shutdown import DrainingWorker
 
     settings = _settings(args)
     if args.create_topics:

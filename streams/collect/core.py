@@ -59,6 +59,32 @@ class Response:
         return json.loads(self.body)
 
 
+def origin_of(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in."""
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default
+
+
+class CredentialsStayHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but drops ``Authorization`` (and cookies) when one leads to
+    another origin: urllib would otherwise send the bearer token to whatever host the
+    redirect names."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and origin_of(newurl) != origin_of(req.full_url):
+            for name in ("Authorization", "Cookie", "Proxy-authorization"):
+                new.headers.pop(name, None)
+                new.unredirected_hdrs.pop(name, None)
+        return new
+
+
+_OPENER = urllib.request.build_opener(CredentialsStayHome)
+
+
 def lower_headers(items: Any) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in items}
 
@@ -87,7 +113,7 @@ class HttpClient:
             if self.token:
                 request.add_header("Authorization", f"Bearer {self.token}")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
+                with _OPENER.open(request, timeout=self.timeout_s) as resp:
                     response = Response(
                         resp.status, lower_headers(resp.headers.items()), resp.read()
                     )

@@ -15,13 +15,13 @@ import json
 import logging
 import time
 import urllib.parse
-import urllib.robotparser
 from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
 import aiohttp
+from protego import Protego
 
 from streams.collect.core import USER_AGENT, Page, Skip, retry_after
 from streams.stages.fetch import AddressPolicy, FetchError, GuardedResolver
@@ -215,6 +215,17 @@ class CrawlStats:
     backed_off_s: float = 0.0  # waited because a host answered 429/503
 
 
+def robots_rules(status: int, body: bytes) -> Protego:
+    """A host's robots.txt rules from its answer, matched as RFC 9309 says (longest
+    match, ``*`` and ``$``, allow beats disallow on ties): a 200 is the rules; a 4xx
+    means no rules; a 5xx or no answer means nothing may be fetched."""
+    if status == 200:
+        return Protego.parse(body.decode("utf-8", "replace"))
+    if 400 <= status < 500:
+        return Protego.parse("")
+    return Protego.parse("User-agent: *\nDisallow: /")
+
+
 class Crawler:
     """Crawls from seed URLs, breadth first, ``page_size`` pages per collector page.
     The cursor holds the frontier and the visited URLs, so a restart continues."""
@@ -250,7 +261,7 @@ class Crawler:
         self.max_wait_s = max_wait_s
         self.name = f"crawl:{urllib.parse.urlsplit(self.seeds[0]).netloc}"
         self.stats = CrawlStats()
-        self.robots: dict[str, urllib.robotparser.RobotFileParser] = {}
+        self.robots: dict[str, Protego] = {}
         self.requests: list[str] = []  # every URL requested, robots.txt included, in order
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._host_last: dict[str, float] = {}  # when the last request to a host started
@@ -324,7 +335,7 @@ class Crawler:
             robots = await self._robots(session, url)
         except FetchError as exc:  # the address guard refused the host
             return self._refuse(url, exc.detail)
-        if not robots.can_fetch(self.user_agent, url):
+        if not robots.can_fetch(url, self.user_agent):
             return self._refuse(url, "disallowed by robots.txt")
         backoff = max(self.delay_s, 1.0)
         for attempt in range(self.max_retries + 1):
@@ -384,35 +395,26 @@ class Crawler:
             return posting_to_post(item["json_ld"], item["url"])
         return open_graph_to_post(item["open_graph"], item["url"])
 
-    async def _robots(
-        self, session: aiohttp.ClientSession, url: str
-    ) -> urllib.robotparser.RobotFileParser:
+    async def _robots(self, session: aiohttp.ClientSession, url: str) -> Protego:
         """The host's robots.txt, fetched once. Per RFC 9309: a 4xx means no rules; a 5xx
         or an unreachable host means nothing may be fetched."""
         parts = urllib.parse.urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         if origin in self.robots:
             return self.robots[origin]
-        robots = urllib.robotparser.RobotFileParser(f"{origin}/robots.txt")
         try:
             status, _headers, body = await self._get(session, f"{origin}/robots.txt", None)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("robots.txt of %s unreachable (%s): not crawling it", origin, exc)
             status, body = 503, b""
-        if status == 200:
-            robots.parse(body.decode("utf-8", "replace").splitlines())
-        elif 400 <= status < 500:
-            robots.parse([])  # no rules: everything allowed
-        else:
-            robots.parse(["User-agent: *", "Disallow: /"])
-        self.robots[origin] = robots
+        robots = self.robots[origin] = robots_rules(status, body)
         return robots
 
     async def _get(
         self,
         session: aiohttp.ClientSession,
         url: str,
-        robots: urllib.robotparser.RobotFileParser | None,
+        robots: Protego | None,
     ) -> tuple[int, dict[str, str], bytes]:
         host = urllib.parse.urlsplit(url).netloc
         slots = self._host_slots.setdefault(host, asyncio.Semaphore(self.max_per_host))

@@ -176,7 +176,13 @@ def test_same_text_post_is_nearest_neighbour(
 
 def test_dead_letter_for_oversized_text_keeps_the_original(pipeline: PostPipeline) -> None:
     value = json.dumps(
-        {"post_id": "big", "platform": "x", "author_id": "u", "created_at": 1_700_000_000_000, "text": "x" * 30_000}
+        {
+            "post_id": "big",
+            "platform": "x",
+            "author_id": "u",
+            "created_at": 1_700_000_000_000,
+            "text": "x" * 30_000,
+        }
     ).encode()
     outcome = pipeline.process([Envelope(value=value, topic="posts", partition=2, offset=77)])
     (dead,) = outcome.dead_letters

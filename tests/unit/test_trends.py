@@ -323,3 +323,34 @@ def test_post_terms() -> None:
         "watch",
         "volcanowatch",
     ]
+
+
+def test_emerging_clusters_are_evicted_without_comparing_centroids() -> None:
+    # with more distinct posts than max_clusters, eviction must pick a cluster that is not
+    # the first: list.remove compared dataclasses holding numpy arrays and raised
+    emerging = EmergingTopics(EmergingConfig(max_clusters=4, similarity=0.99, min_support=2))
+    rng = np.random.default_rng(2)
+    for i in range(40):
+        emerging.assign(rng.normal(size=16).astype(np.float32), [f"w{i}", "shared"])
+        emerging.clusters[0].last_seen = 10**9  # never the oldest: the victim lies further on
+    assert len(emerging.clusters) == 4
+
+
+def test_a_post_whose_derived_topics_raise_still_counts_category_and_hashtags() -> None:
+    from streams.stages.topics import TopicExtractor
+    from tests.unit.test_outputs_and_fusion import _analysed
+
+    class Exploding(EmergingTopics):
+        def assign(self, embedding: np.ndarray, terms: list[str]) -> str | None:
+            raise RuntimeError("boom")
+
+    extractor = TopicExtractor(Exploding())
+    posts = [_analysed(i) for i in range(3)]
+    for p in posts:
+        p.decoded.validated.post.__dict__["text"] = "great match #worldcup tonight"
+        p.analysis = p.analysis.model_copy(update={"category_probs": {"food": 0.2}})
+    result = extractor(posts)
+    assert result.errors == 3
+    topics = sorted({e.topic for e in result.events})
+    assert "#worldcup" in topics and any(t.startswith("category:") for t in topics)
+    assert len({e.post_id for e in result.events}) == 3
