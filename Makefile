@@ -7,7 +7,7 @@ STAMP := $(VENV)/.postpulse-installed
 BUNDLE ?= models/default
 TRAINED ?= models/trained
 
-.PHONY: install system-deps bundle trained demo test lint typecheck unit integration bench reports clean
+.PHONY: install system-deps bundle trained demo test lint typecheck unit integration bench chaos reports clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,11 @@ reports: bundle
 			--set bundle=$(BUNDLE) --set out=$(REPORTS)/$$name/bundle --set imbalance_ratio=100 && \
 		rm -rf docs/reports/$$name && cp -r $(REPORTS)/$$name/bundle/report docs/reports/$$name || exit 1; \
 	done
+
+# the full chaos suite (10,000 posts, faults injected): table printed and written to
+# benchmarks/results/chaos.json; `make test` runs a short form
+chaos: bundle
+	$(PY) -m benchmarks.chaos --posts 10000 --bundle $(BUNDLE) --out benchmarks/results/chaos.json
 
 bench: bundle
 	$(PY) -m benchmarks.run --bundle $(BUNDLE) --out benchmarks/results/latest.json

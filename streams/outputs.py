@@ -253,7 +253,11 @@ class OutputWriter:
         still refused; to the spill file if even that fails."""
         key = dead.post_id.encode() if dead.post_id else None
         capped = dead.capped(self.policy.max_original_bytes)
-        value = capped.model_dump_json().encode()
+        try:
+            value = capped.model_dump_json().encode()
+        except ValueError as exc:  # cannot happen for dead letters made by Envelope
+            self._spill("dead_letter", key, repr(capped).encode(), exc)
+            return
         error = await self._call(
             "dead_letters", functools.partial(self.send_dead_letter, key, value), deadline
         )

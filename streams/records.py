@@ -334,8 +334,10 @@ class Envelope(BaseModel):
         return DeadLetter(
             reason=reason,
             stage=stage,
-            detail=detail[:2000],
-            post_id=post_id,
+            # a detail may quote the input: lone surrogates become escapes, so the dead
+            # letter itself can always be encoded
+            detail=detail[:2000].encode("utf-8", "backslashreplace").decode("utf-8"),
+            post_id=post_id if post_id is None or check_strings(post_id) is None else None,
             original_b64=base64.b64encode(self.value).decode("ascii"),
             original_size=len(self.value),
             original_sha256=hashlib.sha256(self.value).hexdigest(),

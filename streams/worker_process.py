@@ -9,8 +9,28 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from streams.broker import terminate
+
+
+def worker_env(settings: Any, web_port: int, **extra: str) -> dict[str, str]:
+    """The ``POSTPULSE_*`` variables of a worker configured like ``settings`` (a
+    :class:`streams.settings.Settings`), plus ``extra`` settings by field name."""
+    env = {
+        "POSTPULSE_BROKER_URL": settings.broker_url,
+        "POSTPULSE_BUNDLE_PATH": str(settings.bundle_path),
+        "POSTPULSE_MILVUS_URI": settings.milvus_uri,
+        "POSTPULSE_DATA_DIR": str(settings.data_dir),
+        "POSTPULSE_WEB_PORT": str(web_port),
+        "POSTPULSE_TOPIC_POSTS": settings.topic_posts,
+        "POSTPULSE_TOPIC_DLQ": settings.topic_dlq,
+        "POSTPULSE_TOPIC_ANALYSES": settings.topic_analyses,
+        "POSTPULSE_TOPIC_TREND_EVENTS": settings.topic_trend_events,
+        "POSTPULSE_APP_ID": settings.app_id,
+    }
+    env.update({f"POSTPULSE_{k.upper()}": v for k, v in extra.items()})
+    return env
 
 
 class WorkerProcess:
@@ -86,3 +106,42 @@ class WorkerProcess:
         if self.process is None:
             return None
         return terminate(self.process, timeout)
+
+
+class MilvusLiteServer:
+    """``milvus-lite server`` as a child process: a real Milvus over gRPC that other
+    processes reach at :attr:`uri`, and that can be stopped and started again on the same
+    data folder and port (tests, the chaos suite)."""
+
+    def __init__(self, data_dir: Path, port: int, log_file: Path) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> MilvusLiteServer:
+        from streams.broker import wait_for_port
+
+        exe = Path(sys.executable).parent / "milvus-lite"
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    *(str(exe), "server", "--data-dir", str(self.data_dir)),
+                    *("--host", "127.0.0.1", "--port", str(self.port)),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for_port("127.0.0.1", self.port, timeout)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is not None:
+            terminate(proc, timeout)

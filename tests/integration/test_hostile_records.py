@@ -9,8 +9,6 @@ import hashlib
 import io
 import json
 import random
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,8 +21,9 @@ from kafka import KafkaProducer
 from PIL import Image
 
 from encoders.training.corpora import load_corpus
-from streams.broker import LocalBroker, free_port, terminate, wait_for_port
+from streams.broker import LocalBroker, free_port
 from streams.settings import LOCAL_BROKER_PROFILE, Settings
+from streams.worker_process import MilvusLiteServer
 from tests.workers import milvus_ids, reader, start_worker
 
 pytestmark = pytest.mark.integration
@@ -146,28 +145,6 @@ def test_real_tweets_with_hostile_records_all_get_one_outcome(
     assert "Traceback" not in log.read_text()
 
 
-def _milvus_lite_server(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).parent / "milvus-lite"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                str(exe),
-                "server",
-                "--data-dir",
-                str(data),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    wait_for_port("127.0.0.1", port, 60)
-    return process
-
-
 def _health(worker_port: int, page: str) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/{page}", timeout=5) as r:
@@ -179,9 +156,8 @@ def _health(worker_port: int, page: str) -> tuple[int, dict[str, Any]]:
 def test_a_wedged_worker_turns_liveness_red_and_stops_on_sigterm(
     broker: LocalBroker, settings_for, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
-    milvus = _milvus_lite_server(tmp_path / "milvus", port, tmp_path / "milvus.log")
-    settings: Settings = settings_for(broker, prefix="wedge", milvus_uri=f"http://127.0.0.1:{port}")
+    milvus = MilvusLiteServer(tmp_path / "milvus", free_port(), tmp_path / "milvus.log").start()
+    settings: Settings = settings_for(broker, prefix="wedge", milvus_uri=milvus.uri)
     tweets = load_corpus("election-tweets-2016", limit=40, seed=8)
     knobs = {
         "liveness_stall_s": "4",
@@ -194,7 +170,7 @@ def test_a_wedged_worker_turns_liveness_red_and_stops_on_sigterm(
         assert _health(first.web_port, "healthz")[0] == 200
         status, ready = _health(first.web_port, "readyz")
         assert status == 200 and ready["milvus"] == "ok" and ready["partitions"] > 0
-        terminate(milvus, 10)  # Milvus goes away: every upsert now fails
+        milvus.stop()  # Milvus goes away: every upsert now fails
         _publish(broker, settings.topic_posts, [json.dumps(t).encode() for t in tweets])
         deadline = time.monotonic() + 90
         status, body = _health(first.web_port, "healthz")
@@ -215,7 +191,7 @@ def test_a_wedged_worker_turns_liveness_red_and_stops_on_sigterm(
     assert "left uncommitted" in log or "outputs unwritten" in log
 
     # nothing was lost: with Milvus back, a new worker gives every post its analysis
-    milvus = _milvus_lite_server(tmp_path / "milvus", port, tmp_path / "milvus.log")
+    milvus.start()
     second = start_worker(settings, tmp_path / "worker2.log").start()
     out = reader(broker, settings)
     try:
@@ -223,6 +199,6 @@ def test_a_wedged_worker_turns_liveness_red_and_stops_on_sigterm(
     finally:
         out.close()
         assert second.stop() == 0
-        terminate(milvus, 10)
+        milvus.stop()
     assert set(out.outputs.analyses) == {t["post_id"] for t in tweets}
     assert not out.outputs.dead_letters

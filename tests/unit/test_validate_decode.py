@@ -258,3 +258,11 @@ def test_sample_generators_cover_the_reasons() -> None:
     for sample in valid_posts(20):
         result = PostValidator(ValidationLimits())(env(sample.value))
         assert isinstance(result, ValidatedPost)
+
+
+def test_a_dead_letter_quoting_a_lone_surrogate_can_still_be_encoded() -> None:
+    # found by the fuzz suite: a detail quoting the input crashed the dead letter's JSON
+    dead = env(post()).dead_letter(
+        DeadLetterReason.SCHEMA_VIOLATION, "validate", "x: \udfde is odd", "p\ud800"
+    )
+    assert "\\udfde" in dead.model_dump_json() and dead.post_id is None
