@@ -7,7 +7,7 @@ of outcome, Milvus holds exactly the distinct valid posts, and the trend counts 
 those a clean replay gives.
 
 ``python -m benchmarks.chaos --posts 10000`` (``make chaos``) runs the full form and
-writes ``benchmarks/results/chaos.json``; the test suite runs a short form.
+writes ``benchmarks/results/chaos.json``. ``run_chaos(1200, ..., milvus_outage_s=15)`` is the short form.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import media, search, trends
+from benchmarks import media, search, trends, validation
 from encoders.bundle import load_manifest
 from encoders.image import preprocess_image, synthetic_image
 from encoders.registry import get_encoder_spec
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     results["text_encoder"] = bench_text_encoder(served, args.texts)
     results["image_encoder"] = bench_image_encoder(served, args.images)
     results["text_preprocessing"] = bench_text_preprocessing(served, args.texts)
+    results["validation"] = validation.bench_validation()
     print("trends: topics stage, trend counting, hashtag memory ...")
     results["trends"] = {
         "topics_stage": trends.bench_topics_stage(served, 128),

@@ -184,7 +184,16 @@ def ensure_collection(
         metric_type="COSINE",
         params=index_params(index_type) if build_params is None else build_params,
     )
-    client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    try:
+        client.create_collection(
+            name, schema=schema, index_params=index, consistency_level="Strong"
+        )
+    except MilvusException:
+        # two workers starting together: the other one created it first; check it
+        if not client.has_collection(name):
+            raise
+        ensure_collection(client, name, dim, index_type, build_params)
+        return
     log.info("created Milvus collection %s (dim %d, %s)", name, dim, index_type)
 
 
