@@ -33,7 +33,6 @@ class WorkerHealth:
 
     stall_after_s: float = 300.0
     clock: Callable[[], float] = time.monotonic
-    started: float = field(default=0.0)
     in_flight: InFlightBatch | None = None
     last_progress: float = 0.0
     batches_done: int = 0
@@ -45,7 +44,7 @@ class WorkerHealth:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        self.started = self.last_progress = self.clock()
+        self.last_progress = self.clock()
 
     # -- reported by the agent and the writer
     def batch_started(self, size: int, offsets: dict[int, tuple[int, int]]) -> None:

@@ -281,22 +281,23 @@ class Settings(BaseSettings):
     )
 
 
+MAX_REQUEST_BYTES = 1_048_576
+"""Largest produce request the clients send: Apache Kafka's default ``message.max.bytes``
+(1 MiB plus the batch header) admits it, and so does tansu. Dead letters are capped to
+fit (``dlq_max_original_bytes``)."""
+
+
 @dataclass(frozen=True)
 class BrokerProfile:
     """Client settings that depend on which Kafka implementation is on the other end."""
 
     name: str
     faust: dict[str, Any] = field(default_factory=dict)
-    max_request_bytes: int = 1_048_576
+    max_request_bytes: int = MAX_REQUEST_BYTES
     kafka_producer: dict[str, Any] = field(default_factory=dict)
     kafka_consumer: dict[str, Any] = field(default_factory=dict)
     kafka_admin: dict[str, Any] = field(default_factory=dict)
 
-
-MAX_REQUEST_BYTES = 1_048_576
-"""Largest produce request the clients send: Apache Kafka's default ``message.max.bytes``
-(1 MiB plus the batch header) admits it, and so does tansu. Dead letters are capped to
-fit (``dlq_max_original_bytes``)."""
 
 # The bundled tansu broker reports a wrong end offset for multi-record batches and
 # has no exactly-once isolation (ARCHITECTURE.md): one record per produce batch,
