@@ -83,7 +83,7 @@ reports: bundle
 	done
 
 # the full chaos suite (10,000 posts, faults injected): table printed and written to
-# benchmarks/results/chaos.json (not yet in `make test`: see docs/operations.md)
+# benchmarks/results/chaos.json (its short form, tests/integration/test_chaos.py, is in `make test`)
 chaos: bundle
 	$(PY) -m benchmarks.chaos --posts 10000 --bundle $(BUNDLE) --out benchmarks/results/chaos.json
 

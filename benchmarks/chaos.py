@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 
 from encoders.training.corpora import load_corpus
 from exporters.milvus import PostIndex, connect
@@ -73,7 +74,11 @@ def chaos_posts(count: int, seed: int = 9) -> list[ChaosPost]:
             tweet["media"] = [{"kind": "image", "data_b64": base64.b64encode(png).decode()}]
         out.append(ChaosPost(json.dumps(tweet).encode(), tweet["post_id"], True, tweet["text"]))
     for sample in av_posts(n_av, seed=seed):
-        out.append(ChaosPost(sample.value, sample.post_id, True, json.loads(sample.value)["text"]))
+        # in the tweets' months: a post from years later would move the event-time
+        # watermark past the retention of the tweets' windows, which are then dropped
+        doc = json.loads(sample.value)
+        doc["created_at"] = tweets[rng.randrange(min(n_tweets, len(tweets)))]["created_at"]
+        out.append(ChaosPost(json.dumps(doc).encode(), sample.post_id, True, doc["text"]))
     for sample in broken_posts(n_broken, seed=seed):
         out.append(ChaosPost(sample.value, sample.post_id, False))
     # the extra posts go in at random places, the tweets keep their order
@@ -338,10 +343,12 @@ def run_chaos(
         try:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
-                try:
-                    counted = _trend_totals(reader.snapshot())
-                except LookupError:
-                    counted = Counter()
+                try:  # the reader goes on from where it was: a slow read is resumed
+                    counted = _trend_totals(reader.snapshot(timeout_s=60))
+                except (LookupError, TimeoutError, KafkaError) as exc:
+                    progress(f"trend check: {type(exc).__name__}: {exc}")
+                    time.sleep(2)
+                    continue
                 if counted == expected_trends:
                     break
                 time.sleep(2)

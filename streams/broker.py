@@ -74,23 +74,33 @@ S3RVER_VERSION = "3.7.1"
 S3_BUCKET = "tansu"
 
 
-def s3rver_binary() -> Path:
-    """The ``s3rver`` command: the one ``make install`` puts in the virtual environment
-    (``npm install --prefix .venv/s3rver``), else one on PATH."""
-    local = Path(sys.prefix) / "s3rver" / "node_modules" / ".bin" / "s3rver"
-    if local.exists():
-        return local
-    found = shutil.which("s3rver")
-    if found:
-        return Path(found)
+def s3rver_modules() -> Path:
+    """The ``node_modules`` holding s3rver: the one ``make install`` puts in the virtual
+    environment (``npm install --prefix .venv/s3rver``)."""
+    modules = Path(sys.prefix) / "s3rver" / "node_modules"
+    if (modules / "s3rver" / "package.json").exists():
+        return modules
     raise BrokerError(
         "the durable broker needs s3rver (a local S3-compatible server, npm): run "
         f"'make install' or 'npm install --prefix {sys.prefix}/s3rver s3rver@{S3RVER_VERSION}'"
     )
 
 
+def node_binary() -> Path:
+    """Node.js, which runs s3rver."""
+    found = shutil.which("node")
+    if found is None:
+        raise BrokerError("the durable broker needs Node.js ('node' on PATH) to run s3rver")
+    return Path(found)
+
+
+# s3rver with conditional writes and fine listing times (see the script's header)
+S3RVER_SCRIPT = Path(__file__).with_name("s3rver_strict.js")
+
+
 class LocalS3:
-    """``s3rver`` on loopback, keeping its objects in ``folder`` (survives restarts)."""
+    """s3rver on loopback, keeping its objects in ``folder`` (survives restarts), with the
+    conditional writes tansu's S3 engine needs (``s3rver_strict.js``)."""
 
     def __init__(self, folder: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.folder = folder
@@ -107,16 +117,18 @@ class LocalS3:
         with (self.folder.parent / "s3rver.log").open("ab") as out:
             self.process = subprocess.Popen(
                 [
-                    str(s3rver_binary()),
-                    "--address",
+                    str(node_binary()),
+                    # s3rver makes ListObjectsV2 continuation tokens with DES, which
+                    # OpenSSL 3 keeps in its legacy provider: without it every listing
+                    # of more than 1,000 objects fails with 500
+                    "--openssl-legacy-provider",
+                    str(S3RVER_SCRIPT),
                     self.host,
-                    "--port",
                     str(self.port),
-                    "--directory",
                     str(self.folder),
-                    "--configure-bucket",
                     S3_BUCKET,
                 ],
+                env={**os.environ, "NODE_PATH": str(s3rver_modules())},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

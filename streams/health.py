@@ -38,6 +38,9 @@ class WorkerHealth:
     batches_done: int = 0
     problem: str | None = None  # e.g. "milvus: retrying since 12 s: connection refused"
     partitions: int = 0  # input partitions assigned now
+    backlog: int | None = None  # records on the assigned partitions not yet done (None: unknown)
+    backlog_since: float | None = None  # when a backlog was first seen with nothing taken
+    done_next: dict[int, int] = field(default_factory=dict)  # partition -> next offset to do
     drain_requested: bool = False
     drain_deadline: float = float("inf")
     drain_timed_out: bool = False
@@ -51,14 +54,39 @@ class WorkerHealth:
         """The agent took a batch of ``size`` messages."""
         with self._lock:
             self.in_flight = InFlightBatch(size, self.clock(), offsets)
+            self.backlog_since = None
 
     def batch_done(self) -> None:
         """The batch's outputs are durable and its messages acked."""
         with self._lock:
+            if self.in_flight is not None:
+                for partition, (_, last) in self.in_flight.offsets.items():
+                    self.done_next[partition] = max(self.done_next.get(partition, 0), last + 1)
             self.in_flight = None
             self.problem = None
             self.batches_done += 1
             self.last_progress = self.clock()
+            self.backlog_since = None
+
+    def partitions_changed(self, count: int) -> None:
+        """A rebalance assigned ``count`` input partitions (0: revoked); what was done on
+        the old assignment says nothing about the new one."""
+        with self._lock:
+            self.partitions = count
+            self.done_next.clear()
+            self.backlog = None
+            self.backlog_since = None
+
+    def report_backlog(self, waiting: int | None) -> None:
+        """Records on the assigned partitions that no batch has done yet (end offset
+        minus the next offset to do), measured by the worker's backlog timer; None when
+        it could not be measured (the broker unreachable: not the worker's fault)."""
+        with self._lock:
+            self.backlog = waiting
+            if not waiting:
+                self.backlog_since = None
+            elif self.backlog_since is None:
+                self.backlog_since = self.clock()
 
     def report_problem(self, problem: str | None) -> None:
         """What the current batch waits for (a sink being retried), or None."""
@@ -95,7 +123,8 @@ class WorkerHealth:
     # -- read by the web pages
     def liveness(self) -> tuple[bool, dict[str, object]]:
         """(alive, body): not alive when a batch has been in flight for longer than
-        ``stall_after_s`` (records are waiting and none get an outcome)."""
+        ``stall_after_s``, or when records have been waiting on the assigned partitions
+        that long with no batch taken (a consumer that stopped fetching)."""
         with self._lock:
             now = self.clock()
             batch = self.in_flight
@@ -112,12 +141,23 @@ class WorkerHealth:
                 }
             if self.problem:
                 body["waiting_for"] = self.problem
+            if self.backlog is not None:
+                body["records_waiting"] = self.backlog
             if batch is not None and now - batch.started > self.stall_after_s:
                 body["status"] = "stalled"
                 body["reason"] = (
                     f"no progress for {now - batch.started:.0f} s with {batch.size} message(s) "
                     f"in flight (limit {self.stall_after_s:.0f} s)"
                     + (f": {self.problem}" if self.problem else "")
+                )
+                return False, body
+            idle = now - self.backlog_since if self.backlog_since is not None else 0.0
+            if batch is None and self.backlog and idle > self.stall_after_s:
+                body["status"] = "stalled"
+                body["reason"] = (
+                    f"{self.backlog} record(s) waiting on {self.partitions} assigned "
+                    f"partition(s) and no batch taken for {idle:.0f} s "
+                    f"(limit {self.stall_after_s:.0f} s)"
                 )
                 return False, body
             body["status"] = "ok"

@@ -3,13 +3,18 @@ restart of the broker process, and of the whole broker (S3 server included)."""
 
 from __future__ import annotations
 
+import http.client
+import re
+import socket
+import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from streams.broker import LocalBroker, ensure_topics
+from streams.broker import S3_BUCKET, LocalBroker, LocalS3, ensure_topics
 from streams.settings import LOCAL_BROKER_PROFILE
 
 pytestmark = pytest.mark.integration
@@ -84,3 +89,135 @@ def test_the_in_memory_broker_forgets(tmp_path: Path) -> None:
         assert ensure_topics([broker.bootstrap], ["d.posts"], 2) == ["d.posts"]
     finally:
         broker.stop()
+
+
+def test_a_restarted_broker_appends_after_the_log_it_kept(tmp_path: Path) -> None:
+    """tansu keeps each partition's next offset in a watermark object that it writes
+    with S3 conditional writes; a server ignoring them let a restarted broker start again
+    at offset 0 and overwrite the first batches. Offsets go on from where they were, every
+    earlier record is still there, and ListOffsets(latest) is the true end."""
+    broker = LocalBroker(data_dir=tmp_path / "broker", log_file=tmp_path / "tansu.log").start()
+    part = TopicPartition("d.posts", 0)
+    try:
+        ensure_topics([broker.bootstrap], ["d.posts"], 1)
+        _produce(broker, [f"before-{i}".encode() for i in range(25)])
+        broker.restart(down_s=0.5)
+        producer = KafkaProducer(
+            bootstrap_servers=[broker.bootstrap], **LOCAL_BROKER_PROFILE.kafka_producer
+        )
+        futures = [producer.send("d.posts", value=f"after-{i}".encode()) for i in range(5)]
+        producer.flush()
+        offsets = [f.get(timeout=30).offset for f in futures]
+        producer.close()
+        assert offsets == list(range(25, 30))
+        consumer = KafkaConsumer(bootstrap_servers=[broker.bootstrap], consumer_timeout_ms=4000)
+        consumer.assign([part])
+        consumer.seek_to_beginning()
+        read = [(m.offset, m.value) for m in consumer]
+        end = consumer.end_offsets([part])[part]
+        consumer.close()
+        assert read == [(i, f"before-{i}".encode()) for i in range(25)] + [
+            (25 + i, f"after-{i}".encode()) for i in range(5)
+        ]
+        assert end == 30
+    finally:
+        broker.stop()
+
+
+def _put(s3: LocalS3, key: str, body: bytes, **headers: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(s3.host, s3.port, timeout=10)
+    try:
+        conn.request("PUT", f"/{S3_BUCKET}/{key}", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("ETag", "")
+    finally:
+        conn.close()
+
+
+def _get(s3: LocalS3, key: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(s3.host, s3.port, timeout=10)
+    try:
+        conn.request("GET", f"/{S3_BUCKET}/{key}")
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_the_s3_server_keeps_the_promises_tansu_relies_on(tmp_path: Path) -> None:
+    """Conditional writes refused with 412 as S3 does, and an upload cut off halfway
+    stores nothing (the object keeps its old bytes)."""
+    s3 = LocalS3(tmp_path / "s3").start()
+    try:
+        status, etag = _put(s3, "w.json", b'{"high": 1}', **{"If-None-Match": "*"})
+        assert status == 200 and etag
+        assert _put(s3, "w.json", b'{"high": 0}', **{"If-None-Match": "*"})[0] == 412
+        assert _put(s3, "w.json", b'{"high": 2}', **{"If-Match": '"not-its-etag"'})[0] == 412
+        assert _put(s3, "w.json", b'{"high": 2}', **{"If-Match": etag})[0] == 200
+        assert _put(s3, "w.json", b'{"high": 3}', **{"If-Match": etag})[0] == 412  # stale
+        assert _get(s3, "w.json") == (200, b'{"high": 2}')
+        assert _put(s3, "missing.json", b"x", **{"If-Match": etag})[0] == 404
+
+        # a client that dies a tenth of the way through its body
+        with socket.create_connection((s3.host, s3.port), timeout=10) as sock:
+            sock.sendall(
+                f"PUT /{S3_BUCKET}/w.json HTTP/1.1\r\nHost: {s3.host}\r\n"
+                "Content-Length: 1000\r\n\r\n".encode()
+                + b"y" * 100
+            )
+        time.sleep(0.5)
+        assert _get(s3, "w.json") == (200, b'{"high": 2}')
+    finally:
+        s3.stop()
+
+
+def test_the_s3_server_lists_page_after_page(tmp_path: Path) -> None:
+    """tansu lists a partition's batches to answer ListOffsets; past one page (1,000
+    objects) s3rver needs its continuation tokens, which it makes with DES."""
+    s3 = LocalS3(tmp_path / "s3").start()
+    try:
+        for i in range(5):
+            assert _put(s3, f"p/{i:03d}.batch", b"b")[0] == 200
+        keys: list[str] = []
+        token = ""
+        for _ in range(10):
+            query = "list-type=2&max-keys=2&prefix=p/" + (
+                f"&continuation-token={urllib.parse.quote(token)}" if token else ""
+            )
+            conn = http.client.HTTPConnection(s3.host, s3.port, timeout=10)
+            conn.request("GET", f"/{S3_BUCKET}?{query}")
+            response = conn.getresponse()
+            body = response.read().decode()
+            conn.close()
+            assert response.status == 200, body
+            keys += re.findall(r"<Key>([^<]+)</Key>", body)
+            found = re.search(r"<NextContinuationToken>([^<]+)</NextContinuationToken>", body)
+            if not found:
+                break
+            token = found.group(1)
+        assert keys == [f"p/{i:03d}.batch" for i in range(5)]
+        # listed times are the files' own, to the nanosecond
+        assert len(set(re.findall(r"<LastModified>[^<]*\.\d{9}Z<", body))) >= 1
+    finally:
+        s3.stop()
+
+
+def test_a_stalled_upload_does_not_hold_up_the_next_write(tmp_path: Path) -> None:
+    """Conditional writes to one key go one at a time; a client that stalls halfway
+    through its body (a broker killed mid-PUT) must not keep the others waiting."""
+    s3 = LocalS3(tmp_path / "s3").start()
+    try:
+        status, etag = _put(s3, "w.json", b'{"high": 1}', **{"If-None-Match": "*"})
+        assert status == 200
+        with socket.create_connection((s3.host, s3.port), timeout=10) as stalled:
+            stalled.sendall(
+                f"PUT /{S3_BUCKET}/w.json HTTP/1.1\r\nHost: {s3.host}\r\nIf-Match: {etag}\r\n"
+                "Content-Length: 1000\r\n\r\n".encode()
+                + b"z" * 10
+            )
+            time.sleep(0.5)  # it is in, its body never finishes
+            assert _put(s3, "w.json", b'{"high": 2}', **{"If-Match": etag})[0] == 200
+        assert _get(s3, "w.json") == (200, b'{"high": 2}')
+    finally:
+        s3.stop()

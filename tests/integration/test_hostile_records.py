@@ -168,6 +168,13 @@ def test_a_wedged_worker_turns_liveness_red_and_stops_on_sigterm(
     try:
         first.wait_ready()
         assert _health(first.web_port, "healthz")[0] == 200
+        # the backlog timer measures the assigned partitions against the broker
+        deadline = time.monotonic() + 30
+        body = _health(first.web_port, "healthz")[1]
+        while "records_waiting" not in body and time.monotonic() < deadline:
+            time.sleep(0.5)
+            body = _health(first.web_port, "healthz")[1]
+        assert body["records_waiting"] == 0, body
         status, ready = _health(first.web_port, "readyz")
         assert status == 200 and ready["milvus"] == "ok" and ready["partitions"] > 0
         milvus.stop()  # Milvus goes away: every upsert now fails

@@ -344,6 +344,40 @@ def test_errors_are_classified() -> None:
     assert classify_error(RuntimeError("?")) is ErrorKind.UNKNOWN
 
 
+def test_liveness_turns_red_when_records_wait_and_no_batch_is_taken() -> None:
+    """A consumer that stops fetching has no batch in flight; the backlog timer's
+    measure of waiting records is what shows it."""
+    from streams.health import WorkerHealth
+
+    now = [100.0]
+    health = WorkerHealth(stall_after_s=30, clock=lambda: now[0])
+    health.partitions_changed(2)
+    health.report_backlog(0)
+    now[0] += 1000  # idle for long with nothing waiting: alive
+    assert health.liveness()[0]
+    health.report_backlog(40)
+    now[0] += 29
+    health.report_backlog(55)  # still waiting: the clock runs from the first sighting
+    alive, body = health.liveness()
+    assert alive and body["records_waiting"] == 55
+    now[0] += 2
+    alive, body = health.liveness()
+    assert not alive and body["status"] == "stalled"
+    assert "55 record(s) waiting on 2 assigned partition(s)" in str(body["reason"])
+    health.batch_started(16, {0: (0, 15)})  # taking records again
+    assert health.liveness()[0]
+    health.batch_done()
+    assert health.done_next == {0: 16}
+    health.report_backlog(None)  # broker unreachable: not the worker's fault
+    now[0] += 100
+    assert health.liveness()[0]
+    health.report_backlog(3)
+    health.partitions_changed(1)  # a rebalance starts the count again
+    assert health.done_next == {} and health.backlog is None
+    now[0] += 100
+    assert health.liveness()[0]
+
+
 def test_liveness_turns_red_when_a_batch_makes_no_progress() -> None:
     from streams.health import DrainTimeout, WorkerHealth
 
