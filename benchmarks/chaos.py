@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from encoders.training.corpora import load_corpus
@@ -34,7 +34,13 @@ from streams.broker import LocalBroker, ensure_topics, free_port
 from streams.records import Analysis, DeadLetter
 from streams.samples import av_posts, broken_posts, themed_image_png
 from streams.settings import LOCAL_BROKER_PROFILE, Settings
-from streams.stages.trends import ALL_POSTS, TrendSnapshot, extract_hashtags, topic_kind
+from streams.stages.trends import (
+    ALL_POSTS,
+    TrendEvent,
+    TrendSnapshot,
+    extract_hashtags,
+    topic_kind,
+)
 from streams.topics import all_topic_names, trends_changelog_topic
 from streams.trending import ChangelogTrendReader
 from streams.worker_process import MilvusLiteServer, WorkerProcess, worker_env
@@ -107,6 +113,9 @@ class OutcomeWatcher:
     consumer: KafkaConsumer
     analyses_topic: str
     analyses: dict[str, Analysis] = field(default_factory=dict)
+    # every category a post was given, over its redeliveries (more than one: the model
+    # is not deterministic across batches, and trends would count the post twice)
+    categories: dict[str, set[str]] = field(default_factory=dict)
     dead: dict[tuple[int | None, int | None], DeadLetter] = field(default_factory=dict)
     records: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -119,6 +128,7 @@ class OutcomeWatcher:
                     if tp.topic == self.analyses_topic:
                         a = Analysis.model_validate_json(record.value)
                         self.analyses[a.post_id] = a
+                        self.categories.setdefault(a.post_id, set()).add(a.category or "")
                     else:
                         d = DeadLetter.model_validate_json(record.value)
                         self.dead[(d.source_partition, d.source_offset)] = d
@@ -174,15 +184,22 @@ class ChaosRun:
 
 
 def _produce(run: ChaosRun, posts: list[ChaosPost]) -> None:
+    # patient: the durable broker under two posts workers, a trends worker and Milvus
+    # takes more than kafka-python's default 120 s to take a chunk of 1,400 posts one
+    # record per batch, and a resend after an expiry could write a post twice
     producer = KafkaProducer(
         bootstrap_servers=[run.broker.bootstrap],
-        **{**LOCAL_BROKER_PROFILE.kafka_producer, "max_request_size": 16 * 1024 * 1024},
+        **{
+            **LOCAL_BROKER_PROFILE.kafka_producer,
+            "max_request_size": 16 * 1024 * 1024,
+            "delivery_timeout_ms": 1_800_000,
+        },
     )
     try:
         futures = [(p, producer.send(run.settings.topic_posts, value=p.value)) for p in posts]
         producer.flush()
         for post, future in futures:
-            meta = future.get(timeout=60)
+            meta = future.get(timeout=1800)
             post.partition, post.offset = meta.partition, meta.offset
     finally:
         producer.close()
@@ -249,6 +266,81 @@ def _expected_totals(posts: list[ChaosPost], analyses: dict[str, Analysis]) -> C
             totals[f"category:{analysis.category}"] += 1
         totals.update(dict.fromkeys(extract_hashtags(post.text), 1))
     return totals
+
+
+def _expected_posts(
+    posts: list[ChaosPost], analyses: dict[str, Analysis], topics: set[str]
+) -> dict[str, set[str]]:
+    """For each of ``topics``, the post ids a clean replay counts in it."""
+    out: dict[str, set[str]] = {t: set() for t in topics}
+    for post in posts:
+        analysis = analyses.get(post.post_id or "")
+        if analysis is None or post.post_id is None:
+            continue
+        for topic in (ALL_POSTS, f"category:{analysis.category}", *extract_hashtags(post.text)):
+            if topic in out:
+                out[topic].add(post.post_id)
+    return out
+
+
+def _event_posts(bootstrap: str, topic_name: str, topics: set[str]) -> dict[str, set[str]]:
+    """For each of ``topics``, the post ids with a trend event in the trend-events topic
+    (read end to end with a plain consumer)."""
+    out: dict[str, set[str]] = {t: set() for t in topics}
+    consumer = KafkaConsumer(
+        bootstrap_servers=[bootstrap],
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **LOCAL_BROKER_PROFILE.kafka_consumer,
+    )
+    try:
+        parts = [
+            TopicPartition(topic_name, p) for p in consumer.partitions_for_topic(topic_name) or ()
+        ]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        deadline = time.monotonic() + 120
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic_name} not read to its end in 120 s")
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    event = TrendEvent.from_json(record.value)
+                    if event.topic in out:
+                        out[event.topic].add(event.post_id)
+    finally:
+        consumer.close()
+    return out
+
+
+def diagnose_trends(
+    run: ChaosRun, posts: list[ChaosPost], watcher: OutcomeWatcher, differing: set[str]
+) -> dict[str, Any]:
+    """Why trend counts differ: per differing topic, posts that should count and have no
+    trend event (lost upstream of the trends worker), posts with an event that should not
+    count, and posts whose redeliveries were given different categories."""
+    if not differing:
+        return {}
+    expected = _expected_posts(posts, watcher.analyses, differing)
+    try:
+        events = _event_posts(run.broker.bootstrap, run.settings.topic_trend_events, differing)
+    except (KafkaError, TimeoutError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    flipped = sorted(p for p, cats in watcher.categories.items() if len(cats) > 1)
+    return {
+        "posts_given_two_categories": len(flipped),
+        "examples_given_two_categories": flipped[:5],
+        "topics": {
+            topic: {
+                "expected_without_event": sorted(expected[topic] - events[topic])[:5],
+                "event_not_expected": sorted(events[topic] - expected[topic])[:5],
+                "posts_with_events": len(events[topic]),
+                "posts_expected": len(expected[topic]),
+            }
+            for topic in sorted(differing)[:10]
+        },
+    }
 
 
 def run_chaos(
@@ -359,6 +451,7 @@ def run_chaos(
             for t in set(counted) | set(expected_trends)
             if counted.get(t, 0) != expected_trends.get(t, 0)
         }
+        diagnosis = diagnose_trends(run, posts, watcher, set(trend_diff))
     finally:
         stop_polling.set()
         watcher.consumer.close()
@@ -382,6 +475,12 @@ def run_chaos(
         "trend_topics_compared": len(expected_trends),
         "trend_topics_differing": len(trend_diff),
         "trend_differences": dict(list(trend_diff.items())[:10]),
+        "trend_diagnosis": diagnosis,
+        # gaps in the trend events the trends agent was handed, filled from the broker
+        "trend_gaps_filled": sum(
+            log.read_text(errors="replace").count("were never delivered to the agent")
+            for log in (work / "logs").glob("trends-*.log")
+        ),
     }
 
 
@@ -401,8 +500,12 @@ def print_table(result: dict[str, Any]) -> None:
         "milvus_matches_analysed_posts",
         "trend_topics_compared",
         "trend_topics_differing",
+        "trend_gaps_filled",
     ):
         print(f"  {key:40} {result[key]}")
+    if result["trend_differences"]:
+        print("  trend counts (counted, clean replay):", result["trend_differences"])
+        print("  diagnosis:", json.dumps(result["trend_diagnosis"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     results["trends"] = {
         "topics_stage": trends.bench_topics_stage(served, 128),
         "hashtag_memory": trends.bench_hashtag_memory(),
+        "trend_gap_check": trends.bench_gap_tracking(),
     }
     print("media: decode paths, temporal model, speech embedding, speech to text, OCR ...")
     results["video_decode"] = media.bench_video_decode()

@@ -16,7 +16,7 @@ from streams.records import Envelope
 from streams.samples import trend_stream
 from streams.settings import Settings
 from streams.stages.heavy_hitters import SpaceSaving
-from streams.stages.trends import TrendConfig, TrendCounter
+from streams.stages.trends import StagedStore, TrendConfig, TrendCounter, trend_events
 
 
 def bench_topics_stage(bundle: ServedBundle, n: int) -> dict[str, Any]:
@@ -101,3 +101,41 @@ if __name__ == "__main__":
             {"topics": bench_topics_stage(served, 128), "memory": bench_hashtag_memory()}, indent=2
         )
     )
+
+
+def bench_gap_tracking(posts: int = 20_000, rounds: int = 3) -> dict[str, Any]:
+    """The trends agent's per-record gap check (``TrendTracker.gap_before``, issue 15)
+    against the same counting without it: one variable changed, same events, best of
+    ``rounds`` each, alternating."""
+    from prometheus_client import CollectorRegistry
+
+    from exporters.prometheus import PipelineMetrics
+    from streams.trending import TrendTracker
+
+    records = [
+        e.to_json()
+        for i in range(posts)
+        for e in trend_events(
+            f"p{i}", 1_760_000_000_000 + i * 1000, "neutral", [f"category:c{i % 9}"], i % 4, i
+        )
+    ]
+    metrics = PipelineMetrics(CollectorRegistry())
+
+    def run(check_gaps: bool) -> float:
+        tracker = TrendTracker(StagedStore({}), TrendConfig(), metrics, top_k=10)
+        start = time.perf_counter()
+        for offset, raw in enumerate(records):
+            if check_gaps and tracker.gap_before(0, offset) is not None:
+                raise AssertionError("a contiguous stream has no gaps")
+            tracker.handle(raw, 0)
+        return time.perf_counter() - start
+
+    plain, checked = [], []
+    for _ in range(rounds):
+        plain.append(run(False))
+        checked.append(run(True))
+    return {
+        "records": len(records),
+        "records_per_s_with_gap_check": len(records) / min(checked),
+        "gap_check_time_ratio": min(checked) / min(plain),
+    }

@@ -216,6 +216,8 @@ def _decode_frames(
             raise NoVideoStreamError("no video stream")
         stream = container.streams.video[0]
         ctx = stream.codec_context
+        if ctx is None:  # a codec tag this FFmpeg build has no decoder for
+            raise MediaDecodeError("no decoder for the video stream's codec")
         if ctx.width and ctx.height and ctx.width * ctx.height > limits.max_frame_pixels:
             raise FrameTooLargeError(
                 f"frames are {ctx.width}x{ctx.height}, limit {limits.max_frame_pixels} pixels"

@@ -128,6 +128,12 @@ class PipelineMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.trend_gap_records = Counter(
+            "postpulse_trend_gap_records",
+            "Trend events the trends agent's consumer skipped and the agent read from the "
+            "broker itself (a gap in the offsets it was handed).",
+            registry=registry,
+        )
         self.trend_score = Gauge(
             "postpulse_trend_score",
             "Trend score of the current top-K topics per window (standard deviations "

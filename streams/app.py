@@ -28,6 +28,7 @@ from streams.stages.trends import StagedStore, TrendEvent
 from streams.topics import TRENDS_TABLE, raw_topic, trends_app_id, trends_changelog_topic
 from streams.trending import (
     ChangelogTrendReader,
+    TrendEventFetcher,
     TrendTracker,
     parse_at,
     trend_config,
@@ -129,6 +130,7 @@ def offset_ranges(envelopes: list[Envelope]) -> dict[int, tuple[int, int]]:
 
 
 CHANGELOG_ATTEMPTS = 8
+GAP_FILL_ATTEMPTS = 5
 
 
 async def write_changelog(table: Any, written: list[tuple[int, bytes, bytes | None]]) -> None:
@@ -183,17 +185,27 @@ def add_trend_counting(
             for event in events:
                 by_partition.setdefault(event.message.partition, []).append(event)
             written: list[tuple[int, bytes, bytes | None]] = []
-            for partition, group in by_partition.items():
-                for event in group:
-                    tracker.handle(event.value, partition)
-                tracker.end_batch(partition)  # the watermark goes after the windows
-                for key, value in staged.drain():
-                    tracker.written(key, value)
-                    if value is None:
-                        table.data.pop(key, None)
-                    else:
-                        table.data[key] = value
-                    written.append((partition, key, value))
+            try:
+                for partition, group in by_partition.items():
+                    for event in group:
+                        gap = tracker.gap_before(partition, event.message.offset)
+                        if gap is not None:
+                            for raw in await fill_gap(partition, *gap):
+                                tracker.handle(raw, partition)
+                        tracker.handle(event.value, partition)
+                    tracker.end_batch(partition)  # watermark, next offset: after the windows
+                    for key, value in staged.drain():
+                        tracker.written(key, value)
+                        if value is None:
+                            table.data.pop(key, None)
+                        else:
+                            table.data[key] = value
+                        written.append((partition, key, value))
+            except BaseException:
+                # nothing of the batch is kept: it stays unacked and is counted again
+                staged.drain()
+                tracker.reset()
+                raise
             # the events are acked only once their windows are in the changelog: acked
             # first, a worker killed before the producer flushed could lose their counts
             # (docs/decisions.md: the suspected cause of the chaos suite's trend gap)
@@ -201,6 +213,35 @@ def add_trend_counting(
             for event in events:
                 await stream.ack(event)
             await asyncio.sleep(0)
+
+    fetcher = TrendEventFetcher(
+        bootstrap_servers(settings.broker_url),
+        settings.topic_trend_events,
+        broker_profile(settings),
+    )
+
+    async def fill_gap(partition: int, start: int, end: int) -> list[bytes]:
+        """Trend events the consumer skipped, read from the broker (bounded attempts;
+        then the batch fails unacked, as when its changelog cannot be written)."""
+        log.warning(
+            "trend-events[%d]: offsets %d..%d were never delivered to the agent; "
+            "reading them from the broker",
+            partition,
+            start,
+            end - 1,
+        )
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, GAP_FILL_ATTEMPTS + 1):
+            try:
+                values = await loop.run_in_executor(None, fetcher.fetch, partition, start, end)
+            except Exception as exc:  # the broker away: try again, boundedly
+                log.warning("gap fill attempt %d failed: %s: %s", attempt, type(exc).__name__, exc)
+                fetcher.close()
+                await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+                continue
+            metrics.trend_gap_records.inc(len(values))
+            return values
+        raise RuntimeError(f"trend-events[{partition}] offsets {start}..{end - 1} unreadable")
 
     async def refresh_trends() -> None:
         tracker.refresh()

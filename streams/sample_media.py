@@ -163,7 +163,8 @@ def huge_frame_video(side: int = 16_000) -> bytes:
 def ten_hour_video() -> bytes:
     """A few-KB MPEG-4 video in Matroska that lasts ten hours (two frames, 36,000 s apart)."""
     buf = io.BytesIO()
-    with av.open(buf, "w", format="matroska") as container:
+    # bitexact: no random segment UID or muxing date, so the bytes are the same every run
+    with av.open(buf, "w", format="matroska", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("mpeg4", rate=1)
         stream.width, stream.height = 64, 64
         stream.pix_fmt = "yuv420p"

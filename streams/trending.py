@@ -3,6 +3,7 @@ the changelog reader behind ``postpulse trends`` and the worker's ``/trends`` pa
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from streams.stages.trends import (
     TrendEvent,
     TrendSnapshot,
     TrendStore,
+    encode_key,
     format_duration,
     parse_duration,
     rank_trends,
@@ -61,6 +63,28 @@ class TrendTracker:
         # this worker's windows, kept up to date from each batch's writes (decoding the
         # whole table on every refresh would block the event loop)
         self.snapshot: TrendSnapshot | None = None
+        # per trend-events partition, the next offset this agent expects (stored in the
+        # table as ["o", partition] after each batch's windows; see gap_before)
+        self._next: dict[int, int | None] = {}
+        self._saved_next: dict[int, int | None] = {}
+
+    def gap_before(self, partition: int, offset: int) -> tuple[int, int] | None:
+        """Note that the record at ``offset`` of ``partition`` is being handled; returns
+        the offsets ``[start, end)`` before it that were never handed to this agent, if
+        any. The trend-events topic is neither compacted nor transactional, so offsets
+        have no holes: a jump past the next expected offset means records were skipped
+        on the way to the agent (seen after a trends-worker restart in the chaos suite),
+        and the caller reads them from the broker itself. A lower offset is a redelivery
+        (the windows deduplicate it)."""
+        if partition not in self._next:
+            raw = self.store.get(encode_key("o", partition))
+            self._next[partition] = int(json.loads(raw)["next"]) if raw else None
+            self._saved_next[partition] = self._next[partition]
+        expected = self._next[partition]
+        self._next[partition] = offset + 1 if expected is None else max(expected, offset + 1)
+        if expected is not None and offset > expected:
+            return expected, offset
+        return None
 
     def written(self, key: bytes, value: bytes | None) -> None:
         """A table write (``None``: delete) made by the agent; keeps the snapshot current."""
@@ -68,9 +92,12 @@ class TrendTracker:
             self.snapshot.put(key, value)
 
     def reset(self) -> None:
-        """Partitions moved: rebuild indexes and the snapshot from the table."""
+        """Partitions moved (or a batch failed): rebuild indexes, expected offsets and the
+        snapshot from the table."""
         self.counter.reset()
         self.snapshot = None
+        self._next.clear()
+        self._saved_next.clear()
 
     def handle(self, raw: bytes, partition: int) -> str:
         """Count one trend-events record; returns its outcome. A malformed record is
@@ -101,8 +128,13 @@ class TrendTracker:
         return result.outcome
 
     def end_batch(self, partition: int) -> None:
-        """A batch of ``partition`` is applied: store its watermark after its windows."""
+        """A batch of ``partition`` is applied: store its watermark and the next offset
+        expected after its windows."""
         self.counter.checkpoint(partition)
+        expected = self._next.get(partition)
+        if expected is not None and expected != self._saved_next.get(partition):
+            self.store[encode_key("o", partition)] = json.dumps({"next": expected}).encode()
+            self._saved_next[partition] = expected
 
     def refresh(self) -> None:
         """Recompute the top-K gauges from this worker's windows at its newest event time."""
@@ -137,6 +169,49 @@ class TrendTracker:
                 self.metrics.trend_window_posts.labels(window, t["topic"]).set(t["posts"])
                 top.add(t["topic"])
         self.top_topics = top
+
+
+class TrendEventFetcher:
+    """Reads a range of offsets of one trend-events partition straight from the broker
+    (plain kafka-python, no group): how the trends agent fills a gap (``gap_before``)."""
+
+    def __init__(self, bootstrap: list[str], topic: str, profile: BrokerProfile) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.profile = profile
+        self._consumer: KafkaConsumer | None = None
+
+    def fetch(self, partition: int, start: int, end: int, timeout_s: float = 30.0) -> list[bytes]:
+        """The values of offsets ``[start, end)`` in order; raises ``TimeoutError`` (or a
+        ``KafkaError``) when they cannot be read within ``timeout_s``."""
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                **self.profile.kafka_consumer,
+            )
+        consumer = self._consumer
+        tp = TopicPartition(self.topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"offsets {start}..{end - 1} of {self.topic}[{partition}] not read in "
+                    f"{timeout_s:.0f} s"
+                )
+            for records in consumer.poll(timeout_ms=500).values():
+                values += [r.value for r in records if start <= r.offset < end]
+        return values
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 class ChangelogTrendReader:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from benchmarks.run import bench_image_encoder, bench_text_encoder, bench_text_preprocessing
 from benchmarks.search import bench_search
-from benchmarks.trends import bench_hashtag_memory, bench_topics_stage
+from benchmarks.trends import bench_gap_tracking, bench_hashtag_memory, bench_topics_stage
 from encoders.serving import ServedBundle
 
 
@@ -41,6 +41,9 @@ def test_trends_benchmark_measures_the_batch_it_counts(served_bundle: ServedBund
     )
     memory = bench_hashtag_memory(distinct=20_000, capacity=100)
     assert memory["memory_ratio"] < 0.5  # 100 counters against 20,000
+    gaps = bench_gap_tracking(posts=500, rounds=1)
+    assert gaps["records"] == 1000  # volume + category per post, all of them counted
+    assert gaps["gap_check_time_ratio"] > 0
 
 
 def test_search_benchmark_compares_indexes_on_the_same_rows() -> None:

@@ -75,8 +75,10 @@ def test_keyframes_used_when_frequent_full_decode_otherwise() -> None:
         (audio_only_mp4, NoVideoStreamError),
         (ten_hour_video, MediaTooLongError),
         (huge_frame_video, FrameTooLargeError),
+        # a flipped bit in the codec tag: PyAV gives the stream no codec context at all
+        (lambda: make_video("mp4").replace(b"avc1", b"avc\x00"), MediaDecodeError),
     ],
-    ids=["truncated-mp4", "corrupt-mp4", "no-video-stream", "ten-hours", "16k-frame"],
+    ids=["truncated-mp4", "corrupt-mp4", "no-video-stream", "ten-hours", "16k-frame", "no-codec"],
 )
 def test_hostile_videos(make, error) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error):

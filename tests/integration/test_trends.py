@@ -237,3 +237,27 @@ def test_burst_replay_restart_and_emerging_topic(
     worker.stop()
     assert answers(snapshot, third_settings, stream) == first
     print("restarted worker:", [ln for ln in metrics.splitlines() if "trend_events_total" in ln])
+
+
+def test_gap_fetcher_reads_exactly_the_missing_offsets(broker: LocalBroker) -> None:
+    from kafka import KafkaProducer
+
+    from streams.broker import ensure_topics
+    from streams.trending import TrendEventFetcher
+
+    ensure_topics([broker.bootstrap], ["gap.trend-events"], 2)
+    producer = KafkaProducer(
+        bootstrap_servers=[broker.bootstrap], **LOCAL_BROKER_PROFILE.kafka_producer
+    )
+    for i in range(30):
+        producer.send("gap.trend-events", value=f"event-{i}".encode(), partition=1)
+    producer.flush()
+    producer.close()
+    fetcher = TrendEventFetcher([broker.bootstrap], "gap.trend-events", LOCAL_BROKER_PROFILE)
+    try:
+        assert fetcher.fetch(1, 12, 17) == [f"event-{i}".encode() for i in range(12, 17)]
+        assert fetcher.fetch(1, 0, 2) == [b"event-0", b"event-1"]  # the consumer is reused
+        with pytest.raises(TimeoutError):  # offsets that do not exist yet: bounded wait
+            fetcher.fetch(1, 28, 40, timeout_s=2)
+    finally:
+        fetcher.close()

@@ -354,3 +354,30 @@ def test_a_post_whose_derived_topics_raise_still_counts_category_and_hashtags() 
     topics = sorted({e.topic for e in result.events})
     assert "#worldcup" in topics and any(t.startswith("category:") for t in topics)
     assert len({e.post_id for e in result.events}) == 3
+
+
+def test_tracker_finds_offsets_its_consumer_skipped_and_remembers_across_restarts() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from exporters.prometheus import PipelineMetrics
+    from streams.trending import TrendTracker
+
+    table: dict[bytes, bytes] = {}
+    staged = StagedStore(table)
+    metrics = PipelineMetrics(CollectorRegistry())
+    tracker = TrendTracker(staged, TrendConfig(), metrics, top_k=5)
+    assert tracker.gap_before(0, 40) is None  # nothing stored: where it starts is unknown
+    assert tracker.gap_before(0, 41) is None
+    assert tracker.gap_before(1, 7) is None
+    assert tracker.gap_before(0, 44) == (42, 44)  # 42 and 43 never came
+    assert tracker.gap_before(0, 43) is None  # a redelivery is not a gap
+    tracker.end_batch(0)
+    tracker.end_batch(1)
+    table.update((k, v) for k, v in staged.drain() if v is not None)
+    assert json.loads(table[b'["o",0]']) == {"next": 45}
+    # a restarted worker (the table recovered from its changelog) expects 45 and 8
+    restarted = TrendTracker(StagedStore(table), TrendConfig(), metrics, top_k=5)
+    assert restarted.gap_before(0, 45) is None
+    assert restarted.gap_before(1, 10) == (8, 10)
+    restarted.reset()  # a rebalance: read again from the table
+    assert restarted.gap_before(0, 47) == (45, 47)
