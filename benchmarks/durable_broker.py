@@ -104,6 +104,27 @@ def bench_durable_broker(records: int = 1500, rounds: int = 2) -> dict[str, Any]
     }
 
 
+def bench_log_growth(sizes: tuple[int, ...] = (1500, 6000)) -> dict[str, Any]:
+    """s3rver_strict.js alone, one partition holding ``sizes`` records (one object each,
+    as the local profile produces them): how produce and consume rates change as the
+    log grows — the durable broker's limit on long runs (issue 15's 10,000-post chaos
+    run slows to ~1 post/s once a trend-events partition holds ~6,000 objects)."""
+    by_size: dict[str, dict[str, float]] = {}
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="postpulse-bench-") as tmp:
+            by_size[str(size)] = _run("s3rver_strict.js", size, Path(tmp))
+    small, large = by_size[str(sizes[0])], by_size[str(sizes[-1])]
+    return {
+        "by_records": by_size,
+        "consume_ratio_large_to_small": round(
+            large["consume_per_s"] / max(small["consume_per_s"], 1e-9), 3
+        ),
+        "produce_ratio_large_to_small": round(
+            large["produce_per_s"] / max(small["produce_per_s"], 1e-9), 3
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1500)
@@ -118,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{best['consumed']:>9.0f}"
         )
     print(f"produce ratio (strict / plain): {result['produce_ratio_strict_to_plain']}")
+    result["log_growth"] = growth = bench_log_growth()
+    for size, rates in growth["by_records"].items():
+        print(f"strict, {size:>5} records: {rates}")
+    print(f"consume ratio, largest log vs smallest: {growth['consume_ratio_large_to_small']}")
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

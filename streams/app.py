@@ -196,19 +196,21 @@ def add_trend_counting(
                     tracker.end_batch(partition)  # watermark, next offset: after the windows
                     for key, value in staged.drain():
                         tracker.written(key, value)
-                        if value is None:
-                            table.data.pop(key, None)
-                        else:
-                            table.data[key] = value
                         written.append((partition, key, value))
             except BaseException:
-                # nothing of the batch is kept: it stays unacked and is counted again
+                # nothing of the batch is kept (the table is written below, only when
+                # every partition's group is done): it stays unacked and is counted again
                 staged.drain()
                 tracker.reset()
                 raise
+            for _, key, value in written:  # keys carry their partition: no group reads another's
+                if value is None:
+                    table.data.pop(key, None)
+                else:
+                    table.data[key] = value
             # the events are acked only once their windows are in the changelog: acked
             # first, a worker killed before the producer flushed could lose their counts
-            # (docs/decisions.md: the suspected cause of the chaos suite's trend gap)
+            # (docs/decisions.md: "The trends agent acks events after ...")
             await write_changelog(table, written)
             for event in events:
                 await stream.ack(event)
