@@ -253,18 +253,20 @@ def _trend_totals(snapshot: TrendSnapshot) -> Counter[str]:
     return totals
 
 
+def _post_topics(post: ChaosPost, analysis: Analysis) -> list[str]:
+    """The topics a clean replay counts an analysed post in: the volume pseudo-topic,
+    its category, each distinct hashtag once."""
+    category = [f"category:{analysis.category}"] if analysis.category else []
+    return [ALL_POSTS, *category, *extract_hashtags(post.text)]
+
+
 def _expected_totals(posts: list[ChaosPost], analyses: dict[str, Analysis]) -> Counter[str]:
-    """What a clean replay counts: each analysed post once in the volume pseudo-topic,
-    once in its category, once per distinct hashtag."""
+    """What a clean replay counts, per topic."""
     totals: Counter[str] = Counter()
     for post in posts:
         analysis = analyses.get(post.post_id or "")
-        if analysis is None:
-            continue
-        totals[ALL_POSTS] += 1
-        if analysis.category:
-            totals[f"category:{analysis.category}"] += 1
-        totals.update(dict.fromkeys(extract_hashtags(post.text), 1))
+        if analysis is not None:
+            totals.update(_post_topics(post, analysis))
     return totals
 
 
@@ -277,7 +279,7 @@ def _expected_posts(
         analysis = analyses.get(post.post_id or "")
         if analysis is None or post.post_id is None:
             continue
-        for topic in (ALL_POSTS, f"category:{analysis.category}", *extract_hashtags(post.text)):
+        for topic in _post_topics(post, analysis):
             if topic in out:
                 out[topic].add(post.post_id)
     return out
