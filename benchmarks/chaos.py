@@ -95,6 +95,12 @@ def chaos_posts(count: int, seed: int = 9) -> list[ChaosPost]:
     return head
 
 
+def _read_budget_s(records: int) -> float:
+    """How long reading ``records`` back from the durable broker may take: 120 s, or
+    50 records/s (it reads several hundred a second, one S3 object per record)."""
+    return max(120.0, records / 50)
+
+
 @dataclass
 class Fault:
     """One fault injected, and what it cost."""
@@ -103,6 +109,8 @@ class Fault:
     at_outcomes: int
     seconds: float = 0.0
     note: str = ""
+    # seconds into the run when it was injected
+    at_s: float = 0.0
 
 
 @dataclass
@@ -117,6 +125,8 @@ class OutcomeWatcher:
     # is not deterministic across batches, and trends would count the post twice)
     categories: dict[str, set[str]] = field(default_factory=dict)
     dead: dict[tuple[int | None, int | None], DeadLetter] = field(default_factory=dict)
+    # when each post's first analysis reached the topic (epoch s, the record's timestamp)
+    analysed_at: dict[str, float] = field(default_factory=dict)
     records: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -128,6 +138,7 @@ class OutcomeWatcher:
                     if tp.topic == self.analyses_topic:
                         a = Analysis.model_validate_json(record.value)
                         self.analyses[a.post_id] = a
+                        self.analysed_at.setdefault(a.post_id, record.timestamp / 1000)
                         self.categories.setdefault(a.post_id, set()).add(a.category or "")
                     else:
                         d = DeadLetter.model_validate_json(record.value)
@@ -302,10 +313,11 @@ def _event_posts(bootstrap: str, topic_name: str, topics: set[str]) -> dict[str,
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         end = consumer.end_offsets(parts)
-        deadline = time.monotonic() + 120
+        budget_s = _read_budget_s(sum(end.values()))
+        deadline = time.monotonic() + budget_s
         while any(consumer.position(tp) < end[tp] for tp in parts):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic_name} not read to its end in 120 s")
+                raise TimeoutError(f"{topic_name} not read to its end in {budget_s:.0f} s")
             for batch in consumer.poll(timeout_ms=500).values():
                 for record in batch:
                     event = TrendEvent.from_json(record.value)
@@ -379,7 +391,7 @@ def run_chaos(
                 progress(f"checker poll: {type(exc).__name__}: {exc}")
                 time.sleep(1)
 
-    started = time.monotonic()
+    started, started_epoch = time.monotonic(), time.time()
     try:
         for name in ("a", "b"):
             run.start_worker(name)
@@ -403,7 +415,9 @@ def run_chaos(
                 name, act = faults[index]
                 before, t0 = watcher.outcomes(), time.monotonic()
                 note = act()
-                run.faults.append(Fault(name, before, time.monotonic() - t0, note))
+                run.faults.append(
+                    Fault(name, before, time.monotonic() - t0, note, round(t0 - started, 1))
+                )
                 progress(f"[{time.monotonic() - started:5.0f}s] {note} at {before} outcomes")
         deadline = time.monotonic() + timeout_s
         while watcher.outcomes() < len(posts) and time.monotonic() < deadline:
@@ -435,7 +449,8 @@ def run_chaos(
         )
         counted: Counter[str] = Counter()
         try:
-            deadline = time.monotonic() + 300
+            # the changelog holds a few records per post
+            deadline = time.monotonic() + max(300.0, _read_budget_s(4 * len(posts)))
             while time.monotonic() < deadline:
                 try:  # the reader goes on from where it was: a slow read is resumed
                     counted = _trend_totals(reader.snapshot(timeout_s=60))
@@ -474,6 +489,14 @@ def run_chaos(
         "milvus_rows": milvus_count,
         "milvus_matches_analysed_posts": milvus_ids == expected_ids
         and milvus_count == len(expected_ids),
+        "milvus_missing": len(expected_ids - milvus_ids),
+        "milvus_extra": len(milvus_ids - expected_ids),
+        # analysed posts Milvus does not hold, with when (s into the run) each was
+        # analysed: to lay beside the faults' at_s
+        "milvus_missing_examples": [
+            {"post_id": i, "analysed_at_s": round(at - started_epoch, 1)}
+            for at, i in sorted((watcher.analysed_at[i], i) for i in expected_ids - milvus_ids)
+        ][:20],
         "trend_topics_compared": len(expected_trends),
         "trend_topics_differing": len(trend_diff),
         "trend_differences": dict(list(trend_diff.items())[:10]),
@@ -500,11 +523,17 @@ def print_table(result: dict[str, Any]) -> None:
         "redelivered_records",
         "milvus_rows",
         "milvus_matches_analysed_posts",
+        "milvus_missing",
+        "milvus_extra",
         "trend_topics_compared",
         "trend_topics_differing",
         "trend_gaps_filled",
     ):
         print(f"  {key:40} {result[key]}")
+    if result["milvus_missing_examples"]:
+        print(
+            "  analysed, not in Milvus (post, s into the run):", result["milvus_missing_examples"]
+        )
     if result["trend_differences"]:
         print("  trend counts (counted, clean replay):", result["trend_differences"])
         print("  diagnosis:", json.dumps(result["trend_diagnosis"]))
@@ -516,9 +545,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", default="models/default")
     parser.add_argument("--milvus-outage-s", type=float, default=30.0)
     parser.add_argument("--out", default="benchmarks/results/chaos.json")
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="run in DIR and keep it (broker log, Milvus data, worker logs) for a post-mortem",
+    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="postpulse-chaos-") as tmp:
-        result = run_chaos(args.posts, Path(args.bundle).resolve(), Path(tmp), args.milvus_outage_s)
+    bundle = Path(args.bundle).resolve()
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+        result = run_chaos(args.posts, bundle, Path(args.keep), args.milvus_outage_s)
+    else:
+        with tempfile.TemporaryDirectory(prefix="postpulse-chaos-") as tmp:
+            result = run_chaos(args.posts, bundle, Path(tmp), args.milvus_outage_s)
     print_table(result)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     ok = (

@@ -1,6 +1,7 @@
 'use strict';
 // s3rver (npm, 3.7.1) with the three behaviours of S3 that tansu's s3:// storage engine
-// relies on and s3rver lacks (docs/decisions.md, "The durable local broker"):
+// relies on and s3rver lacks, and listings whose cost does not grow with the bucket (4.)
+// (docs/decisions.md, "The durable local broker"):
 //
 // 1. Conditional writes. tansu keeps each partition's next offset in watermark.json and
 //    writes it with If-None-Match: * (when it has not read it yet, as after a restart) or
@@ -38,6 +39,7 @@ if (!bucket) {
 // in memory once read (tansu lists a whole partition on every fetch: without the cache
 // each listed object cost four file reads), refreshed by every write and delete.
 const MTIME_NS = Symbol('mtimeNs');
+const LISTED_DATE = Symbol('listedDate');
 const cache = new Map(); // object file path -> { metadata, mtimeNs }
 const readMetadata = FilesystemStore.prototype.getMetadata;
 async function loadMetadata(store, name, key) {
@@ -64,15 +66,146 @@ FilesystemStore.prototype.putMetadata = async function putMetadataUncached(name,
 const deleteObject = FilesystemStore.prototype.deleteObject;
 FilesystemStore.prototype.deleteObject = async function deleteObjectUncached(name, key) {
   cache.delete(this.getResourcePath(name, key, 'object'));
+  indexed(name, key, false);
   return deleteObject.call(this, name, key);
 };
-const listObjects = FilesystemStore.prototype.listObjects;
-FilesystemStore.prototype.listObjects = async function listObjectsNs(name, options) {
-  const result = await listObjects.call(this, name, options);
-  for (const object of result.objects) {
-    const entry = cache.get(this.getResourcePath(name, object.key, 'object'));
-    if (entry) object[MTIME_NS] = entry.mtimeNs;
+
+// -- 4. listing from a sorted key index. s3rver lists by walking the bucket's folders
+// with a synchronous stat of every file (three per object) and filters the keys after,
+// once per page of 1,000; tansu lists a partition's whole records/ prefix on every
+// fetch, so a fetch cost O(objects^2 / 1000) stats and a 6,000-object partition was read
+// at ~1.6 records/s (benchmarks/durable_broker.py, log growth). Here each bucket's keys
+// are walked once, on its first listing, and kept sorted in memory; a write adds its key
+// once the object and its metadata are stored (a listing never shows half a write), a
+// delete removes it. A page is a binary search for its start and a scan of its keys.
+const OBJECT_SUFFIX = '._S3rver_object';
+const indexes = new Map(); // bucket name -> sorted array of keys
+function firstAbove(keys, bound, inclusive) {
+  let low = 0;
+  let high = keys.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (keys[middle] < bound || (!inclusive && keys[middle] === bound)) low = middle + 1;
+    else high = middle;
   }
+  return low;
+}
+async function walkKeys(root, relative, keys) {
+  let entries;
+  try {
+    entries = await fs.readdir(path.join(root, relative), { withFileTypes: true });
+  } catch (err) {
+    if (err.code === 'ENOENT') return;
+    throw err;
+  }
+  for (const entry of entries) {
+    const child = relative ? `${relative}/${entry.name}` : entry.name;
+    if (entry.isDirectory()) await walkKeys(root, child, keys);
+    else if (entry.name.endsWith(OBJECT_SUFFIX)) {
+      keys.push(FilesystemStore.decodeKeyPath(child.slice(0, -OBJECT_SUFFIX.length)));
+    }
+  }
+}
+const building = new Map(); // bucket name -> the walk in progress
+async function keyIndex(store, name) {
+  if (indexes.has(name)) return indexes.get(name);
+  if (!building.has(name)) {
+    const keys = [];
+    building.set(
+      name,
+      walkKeys(store.getBucketPath(name), '', keys).then(() => {
+        keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+        // writes that finished during the walk went to `pending`, not to the index
+        for (const [key, present] of pending.get(name) || []) {
+          const at = firstAbove(keys, key, true);
+          if (present && keys[at] !== key) keys.splice(at, 0, key);
+          if (!present && keys[at] === key) keys.splice(at, 1);
+        }
+        pending.delete(name);
+        indexes.set(name, keys);
+        building.delete(name);
+        return keys;
+      }),
+    );
+  }
+  return building.get(name);
+}
+const pending = new Map(); // bucket name -> [[key, present]] while its index is built
+function indexed(name, key, present) {
+  const keys = indexes.get(name);
+  if (!keys) {
+    if (building.has(name)) {
+      if (!pending.has(name)) pending.set(name, []);
+      pending.get(name).push([key, present]);
+    }
+    return;
+  }
+  const at = firstAbove(keys, key, true);
+  if (present && keys[at] !== key) keys.splice(at, 0, key);
+  if (!present && keys[at] === key) keys.splice(at, 1);
+}
+FilesystemStore.prototype.listObjects = async function listObjectsIndexed(name, options) {
+  const { delimiter = '', startAfter = '', prefix = '', maxKeys = Infinity } = options;
+  const keys = await keyIndex(this, name);
+  const start = Math.max(firstAbove(keys, startAfter, false), firstAbove(keys, prefix, true));
+  const commonPrefixes = new Set();
+  const found = [];
+  let isTruncated = false;
+  for (let at = start; at < keys.length && keys[at].startsWith(prefix); at += 1) {
+    const key = keys[at];
+    if (delimiter) {
+      const cut = key.indexOf(delimiter, prefix.length);
+      if (cut !== -1) {
+        commonPrefixes.add(key.slice(0, cut + delimiter.length));
+        continue;
+      }
+    }
+    if (found.length >= maxKeys) {
+      isTruncated = true;
+      break;
+    }
+    found.push(key);
+  }
+  // metadata of keys not listed since their last write is read once; each entry keeps
+  // the S3Object built for it (s3rver builds one per listed key per page with lodash,
+  // the largest cost of a page), and nothing downstream changes it
+  const entries = found.map(key => cache.get(this.getResourcePath(name, key, 'object')));
+  await Promise.all(
+    entries.map((entry, at) =>
+      entry
+        ? undefined
+        : loadMetadata(this, name, found[at]).then(
+            loaded => {
+              entries[at] = loaded;
+            },
+            err => {
+              if (err.code !== 'ENOENT') throw err; // deleted since
+            },
+          ),
+    ),
+  );
+  const objects = [];
+  entries.forEach((entry, at) => {
+    if (entry === undefined) return;
+    if (!entry.listed) {
+      entry.listed = new S3Object(name, found[at], null, entry.metadata);
+      entry.listed[MTIME_NS] = entry.mtimeNs;
+    }
+    objects.push(entry.listed);
+  });
+  return { objects, commonPrefixes: [...commonPrefixes].sort(), isTruncated };
+};
+const deleteBucket = FilesystemStore.prototype.deleteBucket;
+FilesystemStore.prototype.deleteBucket = async function deleteBucketUnindexed(name) {
+  indexes.delete(name);
+  return deleteBucket.call(this, name);
+};
+const copyObject = FilesystemStore.prototype.copyObject;
+FilesystemStore.prototype.copyObject = async function copyObjectIndexed(...args) {
+  const [, , destBucket, destKey] = args;
+  cache.delete(this.getResourcePath(destBucket, destKey, 'object'));
+  const result = await copyObject.apply(this, args);
+  indexed(destBucket, destKey, true);
   return result;
 };
 const secondsDate = Object.getOwnPropertyDescriptor(
@@ -83,10 +216,12 @@ Object.defineProperty(S3Object.prototype, 'lastModifiedDate', {
   get() {
     const ns = this[MTIME_NS];
     if (ns === undefined) return secondsDate.call(this);
+    if (this[LISTED_DATE]) return this[LISTED_DATE];
     const date = new Date(Number(ns / 1000000n));
     const fraction = (ns % 1000000000n).toString().padStart(9, '0');
     const iso = date.toISOString().replace(/\.\d{3}Z$/, `.${fraction}Z`);
     date.toISOString = () => iso;
+    this[LISTED_DATE] = date;
     return date;
   },
 });
@@ -125,6 +260,7 @@ FilesystemStore.prototype.putObject = async function putObjectAtomic(object) {
   await fs.rename(partial, objectPath);
   await this.putMetadata(object.bucket, object.key, object.metadata, md5);
   await loadMetadata(this, object.bucket, object.key);
+  indexed(object.bucket, object.key, true);
   return { size: body.length, md5 };
 };
 
@@ -188,6 +324,9 @@ const server = new S3rver({
   directory,
   configureBuckets: [{ name: bucket }],
 });
+// warnings and errors only: s3rver logs three lines per request at info and debug,
+// which cost a quarter of a partition listing's time
+for (const transport of server.logger.transports) transport.level = 'warn';
 // after the virtual-host rewrite (the path is /bucket/key), before the router
 const router = server.middleware.length - 1;
 server.middleware.splice(router, 0, conditionalWrites);
