@@ -125,6 +125,11 @@ async function keyIndex(store, name) {
         indexes.set(name, keys);
         building.delete(name);
         return keys;
+      }, err => {
+        // a walk that failed is not kept: the next listing walks again
+        building.delete(name);
+        pending.delete(name);
+        throw err;
       }),
     );
   }
