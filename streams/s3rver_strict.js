@@ -116,11 +116,7 @@ async function keyIndex(store, name) {
       walkKeys(store.getBucketPath(name), '', keys).then(() => {
         keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
         // writes that finished during the walk went to `pending`, not to the index
-        for (const [key, present] of pending.get(name) || []) {
-          const at = firstAbove(keys, key, true);
-          if (present && keys[at] !== key) keys.splice(at, 0, key);
-          if (!present && keys[at] === key) keys.splice(at, 1);
-        }
+        for (const [key, present] of pending.get(name) || []) place(keys, key, present);
         pending.delete(name);
         indexes.set(name, keys);
         building.delete(name);
@@ -145,6 +141,10 @@ function indexed(name, key, present) {
     }
     return;
   }
+  place(keys, key, present);
+}
+// a key into (present) or out of a sorted array of keys
+function place(keys, key, present) {
   const at = firstAbove(keys, key, true);
   if (present && keys[at] !== key) keys.splice(at, 0, key);
   if (!present && keys[at] === key) keys.splice(at, 1);
