@@ -181,6 +181,8 @@ class ChaosRun:
             free_port(),
             worker_role=role,
             max_batch="16",
+            # a Milvus Lite server: rows it acknowledged survive the Milvus fault only flushed
+            milvus_flush_writes="true",
             **TREND_ENV,
         )
         worker = WorkerProcess(env, self.work / "logs" / f"{name}-{self.started}.log").start()

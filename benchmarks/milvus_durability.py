@@ -2,8 +2,11 @@
 writers upsert batches of 15 rows (a fifth with 3 rows written before: redeliveries)
 through ``MilvusEmbeddingSink`` and retry a failed batch, as the posts worker does,
 while the server is stopped with SIGTERM for 10 s and started again on its folder;
-then every written post id is looked up. One variable changes between the two runs: a
-``flush`` after each upsert.
+then every written post id is looked up. One variable changes between the two runs: the
+sink's ``flush_writes`` (a flush after each upsert). Then what the flush costs the worker:
+the end-to-end benchmark of ``benchmarks/run.py`` (a worker on the local broker and a
+Milvus Lite file, batches of up to 32) with ``milvus_flush_writes`` off and on, in turns,
+and what it does to searches of a Lite file afterwards.
 
 Found with the chaos suite (issue 15): 15 analysed posts had no Milvus row after the
 Milvus fault. ``python -m benchmarks.milvus_durability`` prints the table and writes
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.run import bench_end_to_end
 from exporters.milvus import EmbeddingRow, MilvusEmbeddingSink, PostIndex, connect
 from streams.broker import free_port
 from streams.worker_process import MilvusLiteServer
@@ -45,7 +49,11 @@ def _row(i: int, rng: np.random.Generator) -> EmbeddingRow:
     )
 
 
-def run(flush: bool, work: Path, before_s: float = 15.0, down_s: float = 10.0) -> dict[str, Any]:
+def run(
+    flush: bool, work: Path, before_s: float = 15.0, down_s: float = 10.0, min_before: int = 0
+) -> dict[str, Any]:
+    """Write for ``before_s`` (and until ``min_before`` rows are acknowledged, at most a
+    minute more), stop the server for ``down_s``, write ``before_s`` more, look up."""
     server = MilvusLiteServer(work / "milvus", free_port("127.0.0.1"), work / "milvus.log").start()
     written: set[str] = set()
     lock, stop = threading.Lock(), threading.Event()
@@ -53,7 +61,7 @@ def run(flush: bool, work: Path, before_s: float = 15.0, down_s: float = 10.0) -
     def writer(number: int) -> None:
         rng, pick = np.random.default_rng(number), random.Random(number)
         client = connect(server.uri)
-        sink = MilvusEmbeddingSink(client, COLLECTION, DIM, uri=server.uri)
+        sink = MilvusEmbeddingSink(client, COLLECTION, DIM, uri=server.uri, flush_writes=flush)
         if number == 0:
             sink.setup()
         else:
@@ -67,8 +75,6 @@ def run(flush: bool, work: Path, before_s: float = 15.0, down_s: float = 10.0) -
             while not stop.is_set():
                 try:
                     sink.write_batch(batch)
-                    if flush:
-                        client.flush(COLLECTION)
                     break
                 except Exception:  # Milvus down: the worker retries the same batch
                     time.sleep(2)
@@ -83,6 +89,9 @@ def run(flush: bool, work: Path, before_s: float = 15.0, down_s: float = 10.0) -
         for t in threads:
             t.start()
         time.sleep(before_s)
+        waited_until = time.monotonic() + 60
+        while len(written) < min_before and time.monotonic() < waited_until:
+            time.sleep(0.2)
         with lock:
             before = set(written)
         server.stop()
@@ -111,9 +120,64 @@ def run(flush: bool, work: Path, before_s: float = 15.0, down_s: float = 10.0) -
     }
 
 
+def throughput(bundle: Path, posts: int, rounds: int) -> dict[str, Any]:
+    """Worker posts/s and p50 latency with the flush off and on, ``rounds`` turns each."""
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for flush in (False, True):
+            with tempfile.TemporaryDirectory(prefix="postpulse-milvus-e2e-") as tmp:
+                result = bench_end_to_end(bundle, posts, 32, Path(tmp), flush_writes=flush)
+            runs["on" if flush else "off"].append(result)
+
+    def median(key: str, of: str) -> float:
+        values = [r[key] if key != "p50" else r["latency_s"]["p50"] for r in runs[of]]
+        return float(np.median(values))
+
+    return {
+        "posts": posts,
+        "runs": runs,
+        "posts_per_s_ratio": median("posts_per_s", "on") / median("posts_per_s", "off"),
+        "p50_latency_ratio": median("p50", "on") / median("p50", "off"),
+    }
+
+
+def search_after(flush: bool, work: Path, batches: int = 600, size: int = 16) -> dict[str, Any]:
+    """Write ``batches`` batches to a Milvus Lite file through the sink, then time
+    top-10 searches: flushed segments are sealed and indexed, unflushed rows are one
+    growing segment that every search scans."""
+    rng = np.random.default_rng(7)
+    uri = str(work / "search.db")
+    client = connect(uri)
+    try:
+        sink = MilvusEmbeddingSink(client, COLLECTION, DIM, uri=uri, flush_writes=flush)
+        sink.setup()
+        start = time.perf_counter()
+        for b in range(batches):
+            sink.write_batch([_row(b * size + i, rng) for i in range(size)])
+        write_s = time.perf_counter() - start
+        client.load_collection(COLLECTION)
+        times = []
+        for _ in range(50):
+            query = rng.random((1, DIM), dtype=np.float32).tolist()
+            start = time.perf_counter()
+            client.search(COLLECTION, query, limit=10)
+            times.append(time.perf_counter() - start)
+    finally:
+        client.close()
+    return {
+        "flush_after_upsert": flush,
+        "rows": batches * size,
+        "write_ms_per_batch": write_s / batches * 1000,
+        "search_p50_ms": float(np.median(times)) * 1000,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/milvus_durability.json")
+    parser.add_argument("--bundle", default="models/default")
+    parser.add_argument("--posts", type=int, default=800, help="posts per end-to-end run")
+    parser.add_argument("--rounds", type=int, default=4, help="end-to-end runs per setting")
     args = parser.parse_args(argv)
     results = []
     for flush in (False, True):
@@ -126,7 +190,26 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['missing_of_those_before_the_stop']:>12} "
             f"{r['missing_of_those_after_the_restart']:>6}"
         )
-    Path(args.out).write_text(json.dumps({"runs": results}, indent=2) + "\n")
+    searches = []
+    for flush in (False, True):
+        with tempfile.TemporaryDirectory(prefix="postpulse-milvus-") as tmp:
+            searches.append(search_after(flush, Path(tmp)))
+    off, on = searches
+    print(
+        f"Lite file, {on['rows']} rows in batches of 16: flush x"
+        f"{on['write_ms_per_batch'] / off['write_ms_per_batch']:.1f} write time per batch "
+        f"({on['write_ms_per_batch']:.1f} vs {off['write_ms_per_batch']:.1f} ms), search p50 x"
+        f"{on['search_p50_ms'] / off['search_p50_ms']:.2f} "
+        f"({on['search_p50_ms']:.1f} vs {off['search_p50_ms']:.1f} ms)"
+    )
+    cost = throughput(Path(args.bundle).resolve(), args.posts, args.rounds)
+    print(
+        f"worker with the flush: x{cost['posts_per_s_ratio']:.2f} posts/s, "
+        f"x{cost['p50_latency_ratio']:.2f} p50 latency (median of {args.rounds} runs each)"
+    )
+    Path(args.out).write_text(
+        json.dumps({"runs": results, "search": searches, "worker": cost}, indent=2) + "\n"
+    )
     return 0
 
 

@@ -48,8 +48,13 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def bench_end_to_end(bundle: Path, posts: int, max_batch: int, workdir: Path) -> dict[str, Any]:
-    """Produce ``posts`` posts at once to a ready worker; time until all are in Milvus."""
+def bench_end_to_end(
+    bundle: Path, posts: int, max_batch: int, workdir: Path, flush_writes: bool | None = None
+) -> dict[str, Any]:
+    """Produce ``posts`` posts at once to a ready worker; time until all are in Milvus.
+    ``flush_writes`` sets the worker's ``milvus_flush_writes`` (None: its default)."""
+    name = f"{max_batch}" if flush_writes is None else f"{max_batch}-flush-{flush_writes}"
+    flush_env = {} if flush_writes is None else {"POSTPULSE_MILVUS_FLUSH_WRITES": str(flush_writes)}
     samples = valid_posts(posts, seed=99)
     with LocalBroker(log_file=workdir / "broker.log") as broker:
         settings = Settings(broker_url=broker.url, bundle_path=bundle)
@@ -58,13 +63,14 @@ def bench_end_to_end(bundle: Path, posts: int, max_batch: int, workdir: Path) ->
             {
                 "POSTPULSE_BROKER_URL": broker.url,
                 "POSTPULSE_BUNDLE_PATH": str(bundle),
-                "POSTPULSE_MILVUS_URI": str(workdir / f"milvus-{max_batch}.db"),
-                "POSTPULSE_DATA_DIR": str(workdir / f"data-{max_batch}"),
+                "POSTPULSE_MILVUS_URI": str(workdir / f"milvus-{name}.db"),
+                "POSTPULSE_DATA_DIR": str(workdir / f"data-{name}"),
                 "POSTPULSE_WEB_PORT": str(free_port()),
                 "POSTPULSE_MAX_BATCH": str(max_batch),
                 "POSTPULSE_MAX_WAIT_MS": "50",
+                **flush_env,
             },
-            workdir / f"worker-{max_batch}.log",
+            workdir / f"worker-{name}.log",
         ).start()
         reader = OutputReader(
             [broker.bootstrap], settings.topic_analyses, settings.topic_dlq, LOCAL_BROKER_PROFILE

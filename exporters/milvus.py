@@ -198,7 +198,11 @@ def ensure_collection(
 
 
 class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
-    """Upserts post embeddings in batches; no Milvus flush per insert."""
+    """Upserts post embeddings in batches. ``flush_writes`` flushes after each upsert and
+    delete, so that what Milvus acknowledged survives its restart: Milvus Lite keeps
+    unflushed rows in memory only and loses them (benchmarks/milvus_durability.py), a
+    server's WAL keeps them (and a server limits flushes). None: on for a Milvus Lite
+    file ``uri``, off for a server URI (a ``milvus-lite server`` is one: set it on)."""
 
     name = "milvus"
 
@@ -211,8 +215,12 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
         index_type: str = "HNSW",
         uri: str | None = None,
         build_params: dict[str, Any] | None = None,
+        flush_writes: bool | None = None,
     ) -> None:
         super().__init__(max_rows)
+        if flush_writes is None:
+            flush_writes = uri is not None and is_milvus_lite(uri)
+        self.flush_writes = flush_writes
         self.uri = uri
         self.client = client
         self.collection = collection
@@ -232,6 +240,8 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
             self.client.upsert(
                 self.collection, [r.to_entity() for r in latest.values()], timeout=WRITE_TIMEOUT_S
             )
+            if self.flush_writes:
+                self.client.flush(self.collection, timeout=WRITE_TIMEOUT_S)
         except Exception as exc:
             raise milvus_error(exc, "upsert") from exc
 
@@ -239,6 +249,8 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
         """Remove rows by post id (a post whose analysis could not be published)."""
         try:
             self.client.delete(self.collection, ids=post_ids, timeout=WRITE_TIMEOUT_S)
+            if self.flush_writes:
+                self.client.flush(self.collection, timeout=WRITE_TIMEOUT_S)
         except Exception as exc:
             raise milvus_error(exc, "delete") from exc
 

@@ -80,6 +80,7 @@ def build_components(
         max_rows=settings.milvus_flush_rows,
         index_type=settings.milvus_index_type,
         uri=settings.milvus_uri,
+        flush_writes=settings.milvus_flush_writes,
         build_params=index_params(
             settings.milvus_index_type, settings.milvus_hnsw_m, settings.milvus_hnsw_ef_construction
         ),

@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     )
     milvus_collection: str = Field(default="posts", description="collection of post embeddings")
     milvus_flush_rows: int = Field(default=256, ge=1, description="rows per Milvus upsert")
+    milvus_flush_writes: bool | None = Field(
+        default=None,
+        description="flush after each upsert and delete, so that rows Milvus acknowledged "
+        "survive its restart (Milvus Lite loses unflushed ones; a server's WAL keeps them). "
+        "Default: on for a Milvus Lite file, off for a server URI (set it on for a "
+        "'milvus-lite server')",
+    )
     milvus_index_type: Literal["HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX"] = Field(
         default="HNSW", description="vector index of a new collection"
     )

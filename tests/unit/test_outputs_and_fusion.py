@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from encoders.serving import early_fusion_baseline, l2_normalize
 from exporters.base import BackpressureError
 from exporters.memory import ListSink
-from exporters.milvus import EmbeddingRow
+from exporters.milvus import EmbeddingRow, MilvusEmbeddingSink
 from exporters.prometheus import PipelineMetrics
 from streams.outputs import OutputPolicy, OutputWriter
 from streams.pipeline import BatchOutcome
@@ -402,3 +402,40 @@ def test_liveness_turns_red_when_a_batch_makes_no_progress() -> None:
     now[0] += 4
     with pytest.raises(DrainTimeout, match=r"partition 2 offsets 5\.\.5"):
         health.check_drain()
+
+
+class _RecordingMilvus:
+    """Records the calls a sink makes (the sink's own logic under test, not Milvus)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def upsert(self, collection: str, rows: list[dict[str, object]], timeout: float) -> None:
+        self.calls.append(f"upsert {len(rows)}")
+
+    def delete(self, collection: str, ids: list[str], timeout: float) -> None:
+        self.calls.append(f"delete {len(ids)}")
+
+    def flush(self, collection: str, timeout: float) -> None:
+        self.calls.append("flush")
+
+
+@pytest.mark.parametrize(
+    ("uri", "setting", "flushes"),
+    [
+        ("/data/milvus.db", None, True),  # a Lite file: unflushed rows die with its process
+        ("http://milvus:19530", None, False),  # a server: its WAL keeps acknowledged rows
+        ("http://127.0.0.1:19530", True, True),  # a 'milvus-lite server', set on
+        ("/data/milvus.db", False, False),
+    ],
+)
+def test_the_milvus_sink_flushes_each_write_where_milvus_would_lose_it(
+    uri: str, setting: bool | None, flushes: bool
+) -> None:
+    client = _RecordingMilvus()
+    sink = MilvusEmbeddingSink(client, "posts", 4, uri=uri, flush_writes=setting)  # type: ignore[arg-type]
+    row = EmbeddingRow("p1", np.ones(4, np.float32), 1, "x", "news", "neutral", 0.5, 1, "v")
+    sink.write_batch([row, row])
+    sink.delete(["p1"])
+    after = ["flush"] if flushes else []
+    assert client.calls == ["upsert 1", *after, "delete 1", *after]
