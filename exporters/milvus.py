@@ -242,8 +242,42 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
             )
             if self.flush_writes:
                 self.client.flush(self.collection, timeout=WRITE_TIMEOUT_S)
+                stored = self._stored(list(latest))
         except Exception as exc:
             raise milvus_error(exc, "upsert") from exc
+        if self.flush_writes and len(stored) < len(latest):
+            raise BackpressureError(
+                f"Milvus lost {len(latest) - len(stored)} of the {len(latest)} rows it "
+                "acknowledged before the flush (restarted in between?): writing them again",
+                retry_after=1.0,
+            )
+
+    def _stored(self, post_ids: list[str]) -> set[str]:
+        """Which of ``post_ids`` Milvus holds now (a strong read: the flush just done
+        made them durable only if they are still there). A Milvus Lite server restarted
+        between the upsert and the flush acknowledged both and lost the rows: the
+        client's own reconnect-and-retry sends the flush to the new process. The new
+        process also holds the collection released: it is loaded once and read again."""
+        try:
+            rows = self._get(post_ids)
+        except MilvusException as exc:
+            message = _message(exc).lower()
+            if "released" not in message and "not loaded" not in message:
+                raise
+            self.client.load_collection(self.collection, timeout=WRITE_TIMEOUT_S)
+            rows = self._get(post_ids)
+        return {str(row["post_id"]) for row in rows}
+
+    def _get(self, post_ids: list[str]) -> list[dict[str, Any]]:
+        return list(
+            self.client.get(
+                self.collection,
+                ids=post_ids,
+                output_fields=["post_id"],
+                timeout=WRITE_TIMEOUT_S,
+                consistency_level="Strong",
+            )
+        )
 
     def delete(self, post_ids: list[str]) -> None:
         """Remove rows by post id (a post whose analysis could not be published)."""
@@ -251,8 +285,15 @@ class MilvusEmbeddingSink(BatchingSink[EmbeddingRow]):
             self.client.delete(self.collection, ids=post_ids, timeout=WRITE_TIMEOUT_S)
             if self.flush_writes:
                 self.client.flush(self.collection, timeout=WRITE_TIMEOUT_S)
+                kept = self._stored(post_ids)
         except Exception as exc:
             raise milvus_error(exc, "delete") from exc
+        if self.flush_writes and kept:
+            raise BackpressureError(
+                f"Milvus still holds {len(kept)} of the {len(post_ids)} rows it deleted "
+                "(restarted before the flush?): deleting them again",
+                retry_after=1.0,
+            )
 
     def check(self) -> None:
         try:

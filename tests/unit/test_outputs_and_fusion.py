@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from pymilvus.exceptions import MilvusException
 
 from encoders.serving import early_fusion_baseline, l2_normalize
 from exporters.base import BackpressureError
@@ -405,19 +406,46 @@ def test_liveness_turns_red_when_a_batch_makes_no_progress() -> None:
 
 
 class _RecordingMilvus:
-    """Records the calls a sink makes (the sink's own logic under test, not Milvus)."""
+    """Records the calls a sink makes and holds rows by id (the sink's own logic under
+    test, not Milvus); ``forget`` drops what it was sent, as a restarted Lite server does."""
 
-    def __init__(self) -> None:
+    def __init__(self, forget: bool = False) -> None:
         self.calls: list[str] = []
+        self.rows: set[str] = set()
+        self.forget = forget
 
     def upsert(self, collection: str, rows: list[dict[str, object]], timeout: float) -> None:
         self.calls.append(f"upsert {len(rows)}")
+        if not self.forget:
+            self.rows.update(str(r["post_id"]) for r in rows)
 
     def delete(self, collection: str, ids: list[str], timeout: float) -> None:
         self.calls.append(f"delete {len(ids)}")
+        if not self.forget:
+            self.rows.difference_update(ids)
 
     def flush(self, collection: str, timeout: float) -> None:
         self.calls.append("flush")
+
+    released = False
+
+    def load_collection(self, collection: str, timeout: float) -> None:
+        self.calls.append("load")
+        self.released = False
+
+    def get(self, collection: str, ids: list[str], **kwargs: object) -> list[dict[str, str]]:
+        assert kwargs.get("consistency_level") == "Strong"
+        self.calls.append(f"get {len(ids)}")
+        if self.released:  # what a restarted Milvus Lite server answers (pymilvus 2.6)
+            raise MilvusException(
+                message=f"Collection '{collection}' is in state 'released'; "
+                "call load() before search/get/query"
+            )
+        return [{"post_id": i} for i in ids if i in self.rows]
+
+
+def _row(post_id: str) -> EmbeddingRow:
+    return EmbeddingRow(post_id, np.ones(4, np.float32), 1, "x", "news", "neutral", 0.5, 1, "v")
 
 
 @pytest.mark.parametrize(
@@ -434,8 +462,33 @@ def test_the_milvus_sink_flushes_each_write_where_milvus_would_lose_it(
 ) -> None:
     client = _RecordingMilvus()
     sink = MilvusEmbeddingSink(client, "posts", 4, uri=uri, flush_writes=setting)  # type: ignore[arg-type]
-    row = EmbeddingRow("p1", np.ones(4, np.float32), 1, "x", "news", "neutral", 0.5, 1, "v")
-    sink.write_batch([row, row])
+    sink.write_batch([_row("p1"), _row("p1")])
     sink.delete(["p1"])
-    after = ["flush"] if flushes else []
-    assert client.calls == ["upsert 1", *after, "delete 1", *after]
+    checked = (["flush", "get 1"], ["flush", "get 1"]) if flushes else ([], [])
+    assert client.calls == ["upsert 1", *checked[0], "delete 1", *checked[1]]
+
+
+def test_rows_a_restarted_milvus_lost_before_the_flush_are_written_again() -> None:
+    """Milvus acknowledged the upsert and (after its client reconnected) the flush, but
+    holds nothing: the sink reports a transient error, so the writer retries the batch."""
+    client = _RecordingMilvus(forget=True)
+    sink = MilvusEmbeddingSink(client, "posts", 4, uri="/m.db")  # type: ignore[arg-type]
+    with pytest.raises(BackpressureError, match="lost 2 of the 2 rows"):
+        sink.write_batch([_row("p1"), _row("p2")])
+    client.rows = {"p3"}
+    with pytest.raises(BackpressureError, match="still holds 1 of the 1 rows"):
+        sink.delete(["p3"])
+    client.forget = False
+    sink.write_batch([_row("p1"), _row("p2")])
+    assert client.rows == {"p1", "p2", "p3"}
+
+
+def test_a_restarted_milvus_that_released_the_collection_is_read_after_a_load() -> None:
+    """The check after the flush reads the rows back; a restarted Lite server holds the
+    collection released, so the sink loads it and reads again instead of failing."""
+    client = _RecordingMilvus()
+    client.released = True
+    sink = MilvusEmbeddingSink(client, "posts", 4, uri="/m.db")  # type: ignore[arg-type]
+    sink.write_batch([_row("p1")])
+    assert client.calls == ["upsert 1", "flush", "get 1", "load", "get 1"]
+    assert client.rows == {"p1"}
