@@ -56,6 +56,10 @@ class EncoderEntry(BaseModel):
     outputs: list[str]
     parity_max_abs_diff: dict[str, float]
     assets: dict[str, Any] = Field(default_factory=dict)
+    precision: str = Field(default="fp32", description="fp32, or int8 (encoders/quantize.py)")
+    quantization: dict[str, Any] = Field(
+        default_factory=dict, description="how an int8 model was made and its gate's figures"
+    )
 
 
 class FusionEntry(BaseModel):
@@ -107,12 +111,18 @@ def write_default_bundle(
     encoders: dict[str, str] | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
     include_tools: bool = True,
+    precision: str = "fp32",
 ) -> Manifest:
-    """Export the default encoders into a new bundle at ``out`` (replaced atomically)."""
+    """Export the default encoders into a new bundle at ``out`` (replaced atomically).
+    ``precision="int8"`` quantizes the encoders that have an int8 recipe (the text
+    encoder) and keeps each only if it passes the cosine gate; the others stay fp32."""
     from encoders.export import check_prebuilt, export_encoder
+    from encoders.quantize import INT8_MODALITIES, PRECISIONS, quantize_text_encoder
     from encoders.registry import DEFAULT_ENCODERS, get_encoder_spec
     from streams import __version__
 
+    if precision not in PRECISIONS:
+        raise BundleError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     chosen = encoders or DEFAULT_ENCODERS
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +143,10 @@ def write_default_bundle(
                 progress(f"exporting {modality} encoder {name}")
                 report = export_encoder(spec, folder / "model.onnx")
                 assets = spec.write_assets(folder)
+            quantization: dict[str, Any] = {}
+            if precision == "int8" and modality in INT8_MODALITIES:
+                progress(f"quantizing {modality} encoder {name} to int8, gated on real posts")
+                quantization = quantize_text_encoder(folder, assets, spec.dim).manifest()
             entries[modality] = EncoderEntry(
                 name=spec.name,
                 modality=modality,
@@ -144,6 +158,8 @@ def write_default_bundle(
                 outputs=list(spec.export.output_names),
                 parity_max_abs_diff=report.max_abs_diff,
                 assets=assets,
+                precision=quantization.get("precision", "fp32"),
+                quantization=quantization,
             )
         modalities = list(entries)
         tools: dict[str, dict[str, Any]] = {}
