@@ -49,13 +49,26 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def bench_end_to_end(
-    bundle: Path, posts: int, max_batch: int, workdir: Path, flush_writes: bool | None = None
+    bundle: Path,
+    posts: int,
+    max_batch: int,
+    workdir: Path,
+    flush_writes: bool | None = None,
+    values: list[bytes] | None = None,
+    env: dict[str, str] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Produce ``posts`` posts at once to a ready worker; time until all are in Milvus.
-    ``flush_writes`` sets the worker's ``milvus_flush_writes`` (None: its default)."""
-    name = f"{max_batch}" if flush_writes is None else f"{max_batch}-flush-{flush_writes}"
+    ``flush_writes`` sets the worker's ``milvus_flush_writes`` (None: its default);
+    ``values`` are the records to send (default: ``posts`` synthetic valid posts, all
+    of which must be analysed), ``env`` more worker settings, ``name`` the run's files."""
+    if name is None:
+        name = f"{max_batch}" if flush_writes is None else f"{max_batch}-flush-{flush_writes}"
     flush_env = {} if flush_writes is None else {"POSTPULSE_MILVUS_FLUSH_WRITES": str(flush_writes)}
-    samples = valid_posts(posts, seed=99)
+    flush_env.update(env or {})
+    if values is None:
+        values = [s.value for s in valid_posts(posts, seed=99)]
+    posts = len(values)
     with LocalBroker(log_file=workdir / "broker.log") as broker:
         settings = Settings(broker_url=broker.url, bundle_path=bundle)
         ensure_topics([broker.bootstrap], all_topic_names(settings), settings.topic_partitions)
@@ -65,7 +78,7 @@ def bench_end_to_end(
                 "POSTPULSE_BUNDLE_PATH": str(bundle),
                 "POSTPULSE_MILVUS_URI": str(workdir / f"milvus-{name}.db"),
                 "POSTPULSE_DATA_DIR": str(workdir / f"data-{name}"),
-                "POSTPULSE_WEB_PORT": str(free_port()),
+                "POSTPULSE_WEB_PORT": str(port := free_port()),
                 "POSTPULSE_MAX_BATCH": str(max_batch),
                 "POSTPULSE_MAX_WAIT_MS": "50",
                 **flush_env,
@@ -80,7 +93,7 @@ def bench_end_to_end(
             reader.poll(100)  # join the reader's group before the clock starts
             start_ms = time.time() * 1000
             produce(
-                [s.value for s in samples],
+                values,
                 [broker.bootstrap],
                 settings.topic_posts,
                 LOCAL_BROKER_PROFILE,
@@ -88,6 +101,7 @@ def bench_end_to_end(
             )
             if not reader.wait_for(lambda o: len(o.analyses) >= posts, timeout_s=900):
                 raise RuntimeError(f"only {len(reader.outputs.analyses)}/{posts} analysed")
+            stages = worker_stage_seconds(port)
         finally:
             reader.close()
             worker.stop()
@@ -106,7 +120,28 @@ def bench_end_to_end(
         "elapsed_s": elapsed,
         "posts_per_s": posts / elapsed,
         "latency_s": _percentiles(latencies),
+        "stage_seconds": stages,
+        "stage_share_of_elapsed": {k: v / elapsed for k, v in stages.items()},
     }
+
+
+def worker_stage_seconds(port: int) -> dict[str, float]:
+    """The worker's summed seconds per pipeline stage and per encoder, from its
+    ``/metrics`` page (``postpulse_stage_duration_seconds``, ``..._encoder_...``)."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "postpulse_stage_duration_seconds_sum":
+                out[sample.labels["stage"]] = sample.value
+            elif sample.name == "postpulse_encoder_duration_seconds_sum":
+                out[f"encoder_{sample.labels['modality']}"] = sample.value
+    return out
 
 
 def _onnx_vs_torch(

@@ -55,6 +55,20 @@ def select_providers(device: Literal["auto", "cpu", "cuda"]) -> list[str]:
     return [CPU]
 
 
+# Whether ONNX Runtime's intra-op threads spin-wait for work between ops (ORT's default)
+# instead of sleeping. Process-wide, as the cores they compete for are: off by default,
+# because a worker also decodes media, talks gRPC to Milvus and publishes to Kafka while
+# an encoder runs, and spinning threads take those cores (benchmarks/text_path.py).
+# Sessions created after set_spin_wait() use the new value.
+_SPIN_WAIT = False
+
+
+def set_spin_wait(on: bool) -> None:
+    """Let ONNX Runtime sessions created from now on spin-wait (True) or sleep (False)."""
+    global _SPIN_WAIT
+    _SPIN_WAIT = on
+
+
 class OnnxModel:
     """One ONNX Runtime session over a model file, with its input and output names."""
 
@@ -68,6 +82,9 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if _SPIN_WAIT else "0"
+        )
         providers = select_providers(device)
         self.path = path
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)

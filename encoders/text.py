@@ -154,11 +154,13 @@ class TextEncoder(BundleEncoder):
                 "re-export the bundle with 'postpulse export'"
             )
         self.tokenizer = TextTokenizer(folder / meta["tokenizer"], int(meta["max_tokens"]))
+        # Group texts by token length before encoding (off: fixed runs of ``chunk``).
+        self.buckets = True
 
     def encode(self, texts: list[str], chunk: int = 64) -> np.ndarray:
         """Unit-length embeddings, shape ``(len(texts), dim)``, float32.
 
-        Texts are sorted by length and run in chunks so padding stays short.
+        Texts are run in groups of similar token length so padding stays short.
         """
         return self.encode_with_tokens(texts, chunk, bags=False)[0]
 
@@ -166,17 +168,76 @@ class TextEncoder(BundleEncoder):
         self, texts: list[str], chunk: int = 64, bags: bool = True
     ) -> tuple[np.ndarray, TokenBags]:
         """Embeddings and the texts' token bags (from the same tokenisation); with
-        ``bags=False`` the bags are left empty (nothing downstream reads them)."""
+        ``bags=False`` the bags are left empty (nothing downstream reads them).
+
+        The texts are tokenised once, ordered by token count and cut into runs of at
+        most ``chunk`` texts, each padded only to its own longest text: with
+        ``buckets`` on (the default) the cuts are the cheapest ones under
+        :func:`length_runs`' cost model, with it off every run holds ``chunk`` texts
+        (the old way, kept for the benchmark that compares them). Padding positions
+        are masked out of attention and pooling, so the embeddings do not depend on
+        the cuts (beyond float rounding)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         token_bags = TokenBags.empty(len(texts), self.tokenizer.max_tokens)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), chunk):
-            idx = order[start : start + chunk]
-            feed = self.tokenizer([texts[i] for i in idx])
-            out[idx] = self.model.run(feed)[0]
-            if bags:
-                token_bags.fill(idx, feed["input_ids"], self.tokenizer.special_ids)
+        if not texts:
+            return out, token_bags
+        if len(texts) > TOKENISE_AT_ONCE:  # a corpus: bounded memory, one slice at a time
+            for first in range(0, len(texts), TOKENISE_AT_ONCE):
+                rows = slice(first, first + TOKENISE_AT_ONCE)
+                out[rows], part = self.encode_with_tokens(texts[rows], chunk, bags)
+                token_bags.ids[rows], token_bags.counts[rows] = part.ids, part.counts
+            return out, token_bags
+        feed = self.tokenizer(texts)
+        lengths = feed["attention_mask"].sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        sorted_lengths = [int(n) for n in lengths[order]]
+        if self.buckets:
+            runs = length_runs(sorted_lengths, chunk)
+        else:
+            runs = [(a, min(a + chunk, len(texts))) for a in range(0, len(texts), chunk)]
+        for start, end in runs:
+            idx = order[start:end]
+            width = sorted_lengths[end - 1]
+            out[idx] = self.model.run(
+                {name: np.ascontiguousarray(value[idx, :width]) for name, value in feed.items()}
+            )[0]
+        if bags:
+            token_bags.fill(list(range(len(texts))), feed["input_ids"], self.tokenizer.special_ids)
         return out, token_bags
+
+
+# The cost model of one encoder run of ``rows`` texts padded to ``width`` tokens, in
+# units of one padded position's linear work: ``RUN_COST_TOKENS + rows * width * (1 +
+# width / ATTENTION_WIDTH)`` (attention grows with the square of the width). Fitted by
+# ``benchmarks/padding.py`` on the bundle's MiniLM on 2 cores (21-42 and 770-910 in two
+# runs); the cuts it makes barely move when either constant is off by a factor of two.
+RUN_COST_TOKENS = 20
+ATTENTION_WIDTH = 900
+# Texts tokenised (and padded) together at most: a corpus is encoded slice by slice.
+TOKENISE_AT_ONCE = 1024
+
+
+def length_runs(lengths: list[int], max_rows: int) -> list[tuple[int, int]]:
+    """Cut texts sorted by token count (``lengths``, ascending) into consecutive runs
+    ``[start, end)`` of at most ``max_rows`` texts, each padded to its last (longest)
+    text, with the least total cost under the model above. An exact dynamic programme,
+    O(len(lengths) * max_rows)."""
+    n = len(lengths)
+    best = [0.0] * (n + 1)
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        width = lengths[end - 1]
+        per_text = width * (1 + width / ATTENTION_WIDTH)
+        best[end], cut[end] = min(
+            (best[start] + RUN_COST_TOKENS + (end - start) * per_text, start)
+            for start in range(max(0, end - max_rows), end)
+        )
+    runs: list[tuple[int, int]] = []
+    end = n
+    while end > 0:
+        runs.append((cut[end], end))
+        end = cut[end]
+    return runs[::-1]
 
 
 # --- offline: the source model and its export spec -------------------------------------

@@ -7,7 +7,9 @@ the environment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +22,7 @@ from exporters.milvus import MilvusEmbeddingSink, connect, index_params
 from exporters.prometheus import CONTENT_TYPE, PipelineMetrics
 from streams.health import DrainTimeout, WorkerHealth
 from streams.outputs import OutputPolicy, OutputWriter, dead_letter_budget
-from streams.pipeline import PostPipeline, served_bundle
+from streams.pipeline import BatchOutcome, PostPipeline, served_bundle
 from streams.records import Envelope
 from streams.settings import Settings, bootstrap_servers, broker_profile
 from streams.spill import SpillFile
@@ -36,6 +38,10 @@ from streams.trending import (
 )
 
 log = logging.getLogger(__name__)
+
+# With the pipeline overlapped, at most this many batches that are processed and not
+# yet written wait for the write in flight (then they are written together).
+OVERLAP_MAX_BATCHES = 4
 
 
 @dataclass
@@ -64,7 +70,7 @@ def build_components(
             pipeline=None,
             sink=None,
             metrics=PipelineMetrics(registry or CollectorRegistry()),
-            executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="postpulse"),
+            executor=ThreadPoolExecutor(max_workers=3, thread_name_prefix="postpulse"),
             health=health,
         )
     bundle = served_bundle(settings)
@@ -327,23 +333,99 @@ def create_app(components: WorkerComponents) -> faust.App:
         loop = asyncio.get_running_loop()
         pipeline = components.pipeline
         assert pipeline is not None, "a posts worker has a pipeline"
-        # noack_take: events are acked by us, after their outputs are durable.
-        async for events in stream.noack_take(settings.max_batch, within=within):
-            envelopes = [envelope_of(e) for e in events]
-            health.batch_started(len(envelopes), offset_ranges(envelopes))
-            outcome = await loop.run_in_executor(components.executor, pipeline.process, envelopes)
+        Taken = tuple[list[Any], BatchOutcome]
+
+        async def take() -> AsyncIterator[Taken]:
+            # noack_take: events are acked by us, after their outputs are durable.
+            async for events in stream.noack_take(settings.max_batch, within=within):
+                envelopes = [envelope_of(e) for e in events]
+                health.batch_started(len(envelopes), offset_ranges(envelopes))
+                outcome = await loop.run_in_executor(
+                    components.executor, pipeline.process, envelopes
+                )
+                yield events, outcome
+
+        async def finish(group: list[Taken]) -> bool:
+            """Write the outputs of consecutive batches, then ack their messages in
+            order; False when a drain ran out of time first (the batches stay
+            uncommitted and are redelivered)."""
             try:
-                await writer.write(outcome)
+                await writer.write_all([outcome for _, outcome in group])
             except DrainTimeout as exc:
                 health.drain_timed_out = True
                 log.error("stopping with outputs unwritten: %s", exc)
-                return
-            for event in events:
-                await stream.ack(event)
-            health.batch_done()
-            if health.drain_requested:
-                log.info("drained: the last batch's outputs are written; stopping")
-                return
+                return False
+            for events, _ in group:
+                for event in events:
+                    await stream.ack(event)
+                health.batch_done()
+            return True
+
+        if not settings.pipeline_overlap:  # take, process, write, ack: one at a time
+            async for taken in take():
+                if not await finish([taken]):
+                    return
+                if health.drain_requested:
+                    log.info("drained: the last batch's outputs are written; stopping")
+                    return
+            return
+
+        # Overlapped: the next batch is validated, decoded and encoded while the last
+        # ones are written. One write at a time, in the order the batches were taken;
+        # the batches done while a write is slow go together into the next one (a group
+        # commit: one Milvus flush), and the writer keeps going until none is left (a
+        # batch must not wait for a next one that may never come). At most
+        # OVERLAP_MAX_BATCHES wait, after which taking waits for the writer. Acks stay
+        # in order, each after its outputs and every earlier batch's are durable.
+        ready: list[Taken] = []
+
+        async def write_ready() -> bool:
+            while ready:
+                group = ready[:]
+                del ready[:]
+                if not await finish(group):
+                    return False
+            return True
+
+        def report(task: asyncio.Future[bool]) -> None:
+            # raised again where the agent awaits the write; said now, as no next batch
+            # may come to await it (liveness then turns red on the batch left in flight)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("writing outputs failed: %r", task.exception())
+                health.report_problem(f"writing outputs failed: {task.exception()!r}")
+
+        writing: asyncio.Future[bool] | None = None
+        try:
+            async for taken in take():
+                ready.append(taken)
+                if writing is not None and (
+                    writing.done() or len(ready) >= OVERLAP_MAX_BATCHES or health.drain_requested
+                ):
+                    done, writing = await writing, None
+                    if not done:
+                        return
+                if writing is None and ready:
+                    writing = asyncio.ensure_future(write_ready())
+                    writing.add_done_callback(report)
+                if health.drain_requested:
+                    done = await writing if writing is not None else True
+                    writing = None
+                    if done:
+                        log.info("drained: the last batches' outputs are written; stopping")
+                    return
+            if writing is not None:
+                done, writing = await writing, None
+                if not done:
+                    return
+            if ready:
+                await write_ready()
+        finally:
+            if writing is not None and not writing.done():
+                # the agent is stopping with a write in flight: let it end (bounded by
+                # the writer's retry budget and the drain limit) so that its batches are
+                # acked rather than done again by the next worker
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await writing
 
     async def measure_backlog() -> None:
         # records waiting on the assigned posts partitions: their end offsets minus the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,7 +21,8 @@ class DrainTimeout(RuntimeError):
 
 @dataclass
 class InFlightBatch:
-    """The batch the agent is working on now."""
+    """A batch the agent took and has not yet done (its outputs written, its messages
+    acked)."""
 
     size: int
     started: float
@@ -33,7 +35,6 @@ class WorkerHealth:
 
     stall_after_s: float = 300.0
     clock: Callable[[], float] = time.monotonic
-    in_flight: InFlightBatch | None = None
     last_progress: float = 0.0
     batches_done: int = 0
     problem: str | None = None  # e.g. "milvus: retrying since 12 s: connection refused"
@@ -45,24 +46,32 @@ class WorkerHealth:
     drain_deadline: float = float("inf")
     drain_timed_out: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # oldest first: with the pipeline overlapped, batch N+1 is encoded while N is written
+    _batches: deque[InFlightBatch] = field(default_factory=deque, repr=False)
 
     def __post_init__(self) -> None:
         self.last_progress = self.clock()
+
+    @property
+    def in_flight(self) -> InFlightBatch | None:
+        """The oldest batch taken and not yet done (None when there is none)."""
+        return self._batches[0] if self._batches else None
 
     # -- reported by the agent and the writer
     def batch_started(self, size: int, offsets: dict[int, tuple[int, int]]) -> None:
         """The agent took a batch of ``size`` messages."""
         with self._lock:
-            self.in_flight = InFlightBatch(size, self.clock(), offsets)
+            self._batches.append(InFlightBatch(size, self.clock(), offsets))
             self.backlog_since = None
 
     def batch_done(self) -> None:
-        """The batch's outputs are durable and its messages acked."""
+        """The oldest batch's outputs are durable and its messages acked (batches are
+        done in the order they were taken)."""
         with self._lock:
-            if self.in_flight is not None:
-                for partition, (_, last) in self.in_flight.offsets.items():
+            if self._batches:
+                done = self._batches.popleft()
+                for partition, (_, last) in done.offsets.items():
                     self.done_next[partition] = max(self.done_next.get(partition, 0), last + 1)
-            self.in_flight = None
             self.problem = None
             self.batches_done += 1
             self.last_progress = self.clock()
@@ -111,14 +120,18 @@ class WorkerHealth:
             raise DrainTimeout(f"drain limit reached; {self.describe_in_flight()} left uncommitted")
 
     def describe_in_flight(self) -> str:
-        """The in-flight batch in words: size and offset ranges per partition."""
-        batch = self.in_flight
-        if batch is None:
+        """The in-flight batches in words: size and offset ranges per partition."""
+        batches = list(self._batches)
+        if not batches:
             return "no batch"
-        ranges = ", ".join(
-            f"partition {p} offsets {a}..{b}" for p, (a, b) in sorted(batch.offsets.items())
+        return " and ".join(
+            f"a batch of {batch.size} message(s) ("
+            + ", ".join(
+                f"partition {p} offsets {a}..{b}" for p, (a, b) in sorted(batch.offsets.items())
+            )
+            + ")"
+            for batch in batches
         )
-        return f"a batch of {batch.size} message(s) ({ranges})"
 
     # -- read by the web pages
     def liveness(self) -> tuple[bool, dict[str, object]]:
@@ -134,10 +147,11 @@ class WorkerHealth:
                 "stall_after_s": self.stall_after_s,
             }
             if batch is not None:
-                body["in_flight"] = {
+                body["in_flight"] = {  # the oldest batch; "batches" counts all of them
                     "messages": batch.size,
                     "seconds": round(now - batch.started, 3),
                     "offsets": {str(p): list(r) for p, r in sorted(batch.offsets.items())},
+                    "batches": len(self._batches),
                 }
             if self.problem:
                 body["waiting_for"] = self.problem

@@ -167,29 +167,39 @@ class OutputWriter:
         """Write everything; returns once every message of the batch has its outcome
         durable (or spilled). Posts a sink refused move from ``outcome.analysed`` to
         ``outcome.dead_letters``."""
+        await self.write_all([outcome])
+
+    async def write_all(self, outcomes: list[BatchOutcome]) -> None:
+        """:meth:`write` for consecutive batches at once (a group commit: one Milvus
+        write and flush, the records published together); each batch's metrics are
+        recorded as its own."""
         deadline = time.monotonic() + self.policy.retry_budget_s
         start = time.perf_counter()
         refused = await self._write_embeddings(
-            [embedding_row(a) for a in outcome.analysed], deadline
+            [embedding_row(a) for o in outcomes for a in o.analysed], deadline
         )
         self.metrics.stage_seconds.labels("milvus").observe(time.perf_counter() - start)
         if refused:
-            self._move_to_dead_letters(outcome, "milvus", refused)
+            for outcome in outcomes:
+                self._move_to_dead_letters(outcome, "milvus", refused)
 
         start = time.perf_counter()
         published = await asyncio.gather(
-            *(self._publish_analysis(a, deadline) for a in outcome.analysed)
+            *(self._publish_analysis(a, deadline) for o in outcomes for a in o.analysed)
         )
         refused = {pid: detail for pid, detail in published if detail is not None}
         if refused:
             await self._forget_embeddings(list(refused), deadline)
-            self._move_to_dead_letters(outcome, "analyses", refused)
-        sends = [self._publish_dead_letter(d, deadline) for d in outcome.dead_letters]
-        if outcome.trend_events:
-            sends.append(self._publish_trend_events(outcome.trend_events, deadline))
+            for outcome in outcomes:
+                self._move_to_dead_letters(outcome, "analyses", refused)
+        sends = [self._publish_dead_letter(d, deadline) for o in outcomes for d in o.dead_letters]
+        trend_events = [e for o in outcomes for e in o.trend_events]
+        if trend_events:
+            sends.append(self._publish_trend_events(trend_events, deadline))
         await asyncio.gather(*sends)
         self.metrics.stage_seconds.labels("publish").observe(time.perf_counter() - start)
-        self._observe(outcome)
+        for outcome in outcomes:
+            self._observe(outcome)
 
     # -- the sinks
     async def _write_embeddings(self, rows: list[EmbeddingRow], deadline: float) -> dict[str, str]:

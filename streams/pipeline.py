@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from encoders.media import AVLimits
+from encoders.runtime import set_spin_wait
 from encoders.serving import ServedBundle
 from streams.records import DeadLetter, DeadLetterReason, Envelope
 from streams.settings import Settings
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 def served_bundle(settings: Settings) -> ServedBundle:
     """The model bundle loaded as ``settings`` configure it (device, threads, OCR, STT)."""
-    return ServedBundle(
+    set_spin_wait(settings.onnx_spin_wait)
+    bundle = ServedBundle(
         settings.bundle_path,
         settings.device,
         settings.intra_op_threads,
@@ -34,6 +36,8 @@ def served_bundle(settings: Settings) -> ServedBundle:
         stt=settings.stt_enabled,
         stt_beam_size=settings.stt_beam_size,
     )
+    bundle.text.buckets = settings.text_length_buckets
+    return bundle
 
 
 @dataclass

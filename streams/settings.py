@@ -75,6 +75,17 @@ class Settings(BaseSettings):
 
     max_batch: int = Field(default=32, ge=1, description="posts per encoder batch")
     max_wait_ms: int = Field(default=200, ge=1, description="longest wait to fill a batch")
+    pipeline_overlap: bool = Field(
+        default=True,
+        description="encode the next batch while the last one's outputs are written (acks "
+        "stay in order, each after its outputs are durable); off: take, process, write, "
+        "ack one batch at a time",
+    )
+    text_length_buckets: bool = Field(
+        default=True,
+        description="encode a batch's texts in runs of similar token length, each padded "
+        "only to its longest (off: one run padded to the batch's longest text)",
+    )
 
     bundle_path: Path = Field(
         default=Path("models/default"),
@@ -85,6 +96,11 @@ class Settings(BaseSettings):
         description="'auto' (CUDA when its libraries load, else CPU), 'cpu' or 'cuda'",
     )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads, 0 = auto")
+    onnx_spin_wait: bool = Field(
+        default=False,
+        description="ONNX Runtime threads spin-wait between ops (ORT's own default) instead "
+        "of sleeping; off leaves the cores to decoding and output writes meanwhile",
+    )
 
     milvus_uri: str = Field(
         default="./data/milvus.db",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from benchmarks.padding import compare
 from benchmarks.run import bench_image_encoder, bench_text_encoder, bench_text_preprocessing
 from benchmarks.search import bench_search
 from benchmarks.trends import bench_gap_tracking, bench_hashtag_memory, bench_topics_stage
+from encoders.quantize import held_texts
 from encoders.serving import ServedBundle
 
 
@@ -57,3 +61,14 @@ def test_search_benchmark_compares_indexes_on_the_same_rows() -> None:
     assert 0.5 <= result["recall_at_k"] <= 1.0
     ratio = result["hnsw"]["single_ms"]["p50"] / result["flat"]["single_ms"]["p50"]
     assert abs(result["hnsw_vs_flat_p50"] - ratio) <= 1e-9 * ratio
+
+
+def test_padding_benchmark_times_both_ways_on_the_same_takes(served_bundle: ServedBundle) -> None:
+    texts = held_texts(40)
+    row = compare(served_bundle.text, texts, (16,), rounds=2)["16"]
+    assert served_bundle.text.buckets  # left on, as the worker has it
+    for mode in ("on", "off"):
+        assert len(row[mode]["items_per_s"]) == 2
+        assert 0 < row[mode]["take_ms_p50"] <= row[mode]["take_ms_p95"]
+    ratio = float(np.median(row["on"]["items_per_s"]) / np.median(row["off"]["items_per_s"]))
+    assert abs(row["on_vs_off_items_per_s"] - ratio) <= 1e-9 * ratio

@@ -12,9 +12,11 @@ import onnxruntime
 import pytest
 import torch
 
+import encoders.text
 from encoders.bundle import BundleError, BundleIntegrityError, load_manifest
 from encoders.export import OnnxParityError, check_parity
 from encoders.image import preprocess_image, synthetic_image
+from encoders.quantize import held_texts
 from encoders.registry import get_encoder_spec, registered_encoders
 from encoders.runtime import CPU, select_providers
 from encoders.serving import ServedBundle
@@ -76,6 +78,42 @@ def test_batched_equals_one_by_one(served_bundle: ServedBundle) -> None:
     batched = served_bundle.text.encode(texts)
     single = np.concatenate([served_bundle.text.encode([t]) for t in texts])
     np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_length_buckets_move_no_embedding_and_no_token_bag(
+    served_bundle: ServedBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = held_texts(96)  # real tweets and Reuters news: 5 to 256 tokens
+    encoder = served_bundle.text
+    runs: list[int] = []
+    run = encoder.model.run
+
+    def counted(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        runs.append(feed["input_ids"].size)  # padded positions encoded
+        return run(feed)
+
+    encoder.model.run = counted  # type: ignore[method-assign]
+    try:
+        encoder.buckets = False
+        plain, plain_bags = encoder.encode_with_tokens(texts, chunk=32)
+        plain_runs, runs[:] = list(runs), []
+        encoder.buckets = True
+        bucketed, bucketed_bags = encoder.encode_with_tokens(texts, chunk=32)
+    finally:
+        del encoder.model.run
+        encoder.buckets = True
+    assert len(plain_runs) == 3 and len(runs) > 3  # the long news got runs of their own
+    assert sum(runs) < 0.9 * sum(plain_runs)  # and the tweets stopped padding to them
+    np.testing.assert_allclose(bucketed, plain, atol=1e-5)
+    alone = np.concatenate([encoder.encode([t]) for t in texts[:12]])
+    np.testing.assert_allclose(bucketed[:12], alone, atol=1e-5)
+    np.testing.assert_array_equal(bucketed_bags.ids, plain_bags.ids)
+    np.testing.assert_array_equal(bucketed_bags.counts, plain_bags.counts)
+    # a corpus larger than one tokenisation is encoded slice by slice, to the same result
+    monkeypatch.setattr(encoders.text, "TOKENISE_AT_ONCE", 40)
+    sliced, sliced_bags = encoder.encode_with_tokens(texts, chunk=32)
+    np.testing.assert_allclose(sliced, bucketed, atol=1e-5)
+    np.testing.assert_array_equal(sliced_bags.ids, bucketed_bags.ids)
 
 
 def test_same_meaning_is_closer_than_different_meaning(served_bundle: ServedBundle) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,10 +42,13 @@ def _check_outputs(samples: list[SamplePost], reader: OutputReader, settings: Se
     assert count == VALID and ids == valid_ids
 
 
-def test_500_valid_20_invalid(broker: LocalBroker, settings_for, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings: Settings = settings_for(broker, prefix="e2e")
+@pytest.mark.parametrize("overlap", ["true", "false"])
+def test_500_valid_20_invalid(
+    broker: LocalBroker, settings_for: Any, tmp_path: Path, overlap: str
+) -> None:
+    settings: Settings = settings_for(broker, prefix=f"e2e-{overlap}")
     samples = mixed_stream(VALID, BROKEN, seed=21)
-    worker = _worker(settings, tmp_path / "worker.log").start()
+    worker = _worker(settings, tmp_path / "worker.log", pipeline_overlap=overlap).start()
     reader = _reader(broker, settings)
     try:
         worker.wait_ready()

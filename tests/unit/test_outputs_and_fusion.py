@@ -263,6 +263,28 @@ def test_a_refused_row_is_isolated_and_the_rest_written() -> None:
     assert sink.calls <= 2 + 2 * 4  # two chunks of 8, bisected: a bounded number of writes
 
 
+def test_batches_written_together_share_the_sink_write_and_keep_their_own_outcomes() -> None:
+    registry = CollectorRegistry()
+    sink, sends = _RefusingSink(), _Sends()
+    sink.max_rows = 256
+    writer = OutputWriter(sink, sends.analysis, sends.dead_letter, PipelineMetrics(registry))
+    first = BatchOutcome(analysed=[_analysed(i) for i in range(4)], size=4)
+    second = BatchOutcome(analysed=[_analysed(i) for i in range(4, 10)], size=6)
+    _bad(second.analysed[1])  # p5
+    asyncio.run(writer.write_all([first, second]))
+    assert sorted(r.post_id for r in sink.items) == sorted(f"p{i}" for i in range(10) if i != 5)
+    # one write for both batches, refused, then bisected down to p5 alone: 10 -> 5+5 ->
+    # (p5..p9) 2+3 -> (p5, p6) 1+1
+    assert sink.calls == 1 + 2 + 2 + 2
+    assert [a.analysis.post_id for a in first.analysed] == ["p0", "p1", "p2", "p3"]
+    assert not first.dead_letters
+    assert [d.post_id for d in second.dead_letters] == ["p5"]
+    assert len(sends.analyses) == 9 and len(sends.dead) == 1
+    value = registry.get_sample_value
+    assert value("postpulse_batch_size_posts_count") == 2  # each batch observed as its own
+    assert value("postpulse_batch_size_posts_sum") == 10
+
+
 def test_a_sink_down_for_good_dead_letters_the_batch_in_bounded_time() -> None:
     sink, sends = _RefusingSink(down=True), _Sends()
     policy = OutputPolicy(retry_budget_s=0.3, base_backoff_s=0.01, max_backoff_s=0.05)
@@ -403,6 +425,32 @@ def test_liveness_turns_red_when_a_batch_makes_no_progress() -> None:
     now[0] += 4
     with pytest.raises(DrainTimeout, match=r"partition 2 offsets 5\.\.5"):
         health.check_drain()
+
+
+def test_overlapped_batches_are_done_oldest_first_and_the_oldest_sets_liveness() -> None:
+    from streams.health import WorkerHealth
+
+    now = [100.0]
+    health = WorkerHealth(stall_after_s=30, clock=lambda: now[0])
+    health.batch_started(8, {0: (10, 17)})  # being written
+    now[0] += 20
+    health.batch_started(4, {0: (18, 21), 1: (0, 3)})  # being encoded meanwhile
+    now[0] += 11  # the older batch is 31 s in flight, the newer 11 s
+    alive, body = health.liveness()
+    assert not alive and body["in_flight"] == {  # type: ignore[comparison-overlap]
+        "messages": 8,
+        "seconds": 31.0,
+        "offsets": {"0": [10, 17]},
+        "batches": 2,
+    }
+    assert "offsets 10..17" in health.describe_in_flight()
+    assert "offsets 0..3" in health.describe_in_flight()
+    health.batch_done()  # the older one
+    assert health.done_next == {0: 18}
+    alive, body = health.liveness()
+    assert alive and body["in_flight"]["offsets"] == {"0": [18, 21], "1": [0, 3]}  # type: ignore[index]
+    health.batch_done()
+    assert health.done_next == {0: 22, 1: 4} and health.in_flight is None
 
 
 class _RecordingMilvus:
