@@ -121,7 +121,8 @@ class WorkerHealth:
 
     def describe_in_flight(self) -> str:
         """The in-flight batches in words: size and offset ranges per partition."""
-        batches = list(self._batches)
+        with self._lock:  # read by the drain watchdog's thread too
+            batches = list(self._batches)
         if not batches:
             return "no batch"
         return " and ".join(
