@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from encoders.bundle import load_manifest
 from encoders.quantize import held_texts
+from encoders.serving import ServedBundle
 from encoders.text import ATTENTION_WIDTH, RUN_COST_TOKENS, TextEncoder
 from encoders.training.corpora import load_corpus
 
@@ -47,11 +47,7 @@ TAKES = (32, 64, 128)
 
 
 def _encoder(bundle: Path) -> TextEncoder:
-    entry = load_manifest(bundle, verify=False).encoders["text"]
-    folder = (bundle / entry.file).parent
-    return TextEncoder(
-        folder, {**entry.assets, "dim": entry.dim, "file": entry.file.split("/")[-1]}, "cpu"
-    )
+    return ServedBundle(bundle, device="cpu", ocr=False, stt=False).text
 
 
 def fit_run_cost(encoder: TextEncoder, repeats: int = 5) -> dict[str, Any]:
@@ -87,7 +83,11 @@ def fit_run_cost(encoder: TextEncoder, repeats: int = 5) -> dict[str, Any]:
     }
 
 
-def _pass(encoder: TextEncoder, texts: list[str], take: int, buckets: bool) -> dict[str, Any]:
+def encode_in_takes(
+    encoder: TextEncoder, texts: list[str], take: int, buckets: bool
+) -> dict[str, Any]:
+    """Encode ``texts`` in arrival-order takes of ``take``, buckets on or off: items/s
+    and the seconds each take took."""
     encoder.buckets = buckets
     per_take = []
     start = time.perf_counter()
@@ -104,7 +104,7 @@ def compare(encoder: TextEncoder, texts: list[str], takes: tuple[int, ...], roun
     for _ in range(rounds):
         for take in takes:
             for mode in ("off", "on"):
-                raw[str(take)][mode].append(_pass(encoder, texts, take, mode == "on"))
+                raw[str(take)][mode].append(encode_in_takes(encoder, texts, take, mode == "on"))
     out: dict[str, Any] = {}
     for take, modes in raw.items():
         row: dict[str, Any] = {}
@@ -131,13 +131,18 @@ def bench_padding(
     real_length = held_texts(mixed)
     rng = np.random.default_rng(0)
     real_length = [real_length[i] for i in rng.permutation(len(real_length))]  # arrival mix
-    _pass(encoder, tweets[:256], 32, True), _pass(encoder, tweets[:256], 32, False)  # warm
+    (
+        encode_in_takes(encoder, tweets[:256], 32, True),
+        encode_in_takes(encoder, tweets[:256], 32, False),
+    )  # warm
     cost = fit_run_cost(encoder)
     tweets_cmp = compare(encoder, tweets, TAKES, rounds)
     mixed_cmp = compare(encoder, real_length, (32,), rounds)
     counts = encoder.tokenizer(tweets)["attention_mask"].sum(axis=1)
     sorted_all = [tweets[i] for i in np.argsort(counts, kind="stable")]
-    sorted_rates = [_pass(encoder, sorted_all, 32, False)["items_per_s"] for _ in range(rounds)]
+    sorted_rates = [
+        encode_in_takes(encoder, sorted_all, 32, False)["items_per_s"] for _ in range(rounds)
+    ]
     encoder.buckets = False
     off = encoder.encode(real_length[:256], chunk=32)
     encoder.buckets = True

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.padding import encode_in_takes
 from encoders.bundle import load_manifest
 from encoders.quantize import cosine_gate, quantize_int8_dynamic
 from encoders.text import TextEncoder
@@ -36,10 +37,7 @@ def real_texts(n: int) -> list[str]:
 
 
 def _rate(encoder: TextEncoder, texts: list[str], batch: int) -> float:
-    start = time.perf_counter()
-    for first in range(0, len(texts), batch):
-        encoder.encode(texts[first : first + batch])
-    return len(texts) / (time.perf_counter() - start)
+    return float(encode_in_takes(encoder, texts, batch, buckets=True)["items_per_s"])
 
 
 def neighbour_overlap(a: np.ndarray, b: np.ndarray, work: Path, k: int = 10, queries: int = 300):

@@ -28,11 +28,11 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from benchmarks.padding import encode_in_takes
 from benchmarks.run import bench_end_to_end
 from encoders.bundle import load_manifest, write_default_bundle
 from encoders.serving import ServedBundle
@@ -46,13 +46,9 @@ def real_posts(n: int) -> list[bytes]:
 
 def encoder_ceiling(bundle: Path, texts: list[str], buckets: bool, batch: int = 32) -> float:
     """Texts/s of the bundle's text encoder alone in arrival-order batches."""
-    served = ServedBundle(bundle, device="cpu", ocr=False, stt=False)
-    served.text.buckets = buckets
-    served.text.encode(texts[:256])  # warm
-    start = time.perf_counter()
-    for first in range(0, len(texts), batch):
-        served.text.encode(texts[first : first + batch], chunk=batch)
-    return len(texts) / (time.perf_counter() - start)
+    encoder = ServedBundle(bundle, device="cpu", ocr=False, stt=False).text
+    encode_in_takes(encoder, texts[:256], batch, buckets)  # warm
+    return float(encode_in_takes(encoder, texts, batch, buckets)["items_per_s"])
 
 
 LADDER = (  # name, bundle, settings; each step changes one variable from the last

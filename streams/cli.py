@@ -827,10 +827,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="audio embedding: Google speech_embedding (96-d, cheap) or Whisper tiny.en's "
         "encoder (384-d, converted from CTranslate2 and parity-checked)",
     )
+    from encoders.quantize import PRECISIONS
+
     p.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "int8"],
+        choices=PRECISIONS,
         help="int8: the text encoder quantized (ONNX Runtime dynamic, per-channel MatMul "
         "weights), kept only if its embeddings' cosine to fp32 on held real posts has mean "
         ">= 0.99 and minimum >= 0.97; the other encoders stay fp32",
