@@ -87,8 +87,18 @@ reports: bundle
 chaos: bundle
 	$(PY) -m benchmarks.chaos --posts 10000 --bundle $(BUNDLE) --out benchmarks/results/chaos.json
 
+# every speed benchmark, one after another (about 35 minutes on 2 cores), each writing its
+# JSON to benchmarks/results/, then benchmarks/results/speed.png from those files
 bench: bundle
 	$(PY) -m benchmarks.run --bundle $(BUNDLE) --out benchmarks/results/latest.json
+	$(PY) -m benchmarks.padding --bundle $(BUNDLE)
+	$(PY) -m benchmarks.precision --bundle $(BUNDLE)
+	$(PY) -m benchmarks.text_path --bundle $(BUNDLE)
+	$(PY) -m benchmarks.ocr --bundle $(BUNDLE)
+	$(PY) -m benchmarks.decode --bundle $(BUNDLE)
+	$(PY) -m benchmarks.multimodal --bundle $(BUNDLE)
+	$(PY) -m benchmarks.gpu --bundle $(BUNDLE) --out benchmarks/results/gpu.json
+	$(PY) -m benchmarks.plot
 
 clean:
 	rm -rf $(VENV) models data .pytest_cache .mypy_cache .ruff_cache

@@ -57,8 +57,10 @@ def bench_end_to_end(
     values: list[bytes] | None = None,
     env: dict[str, str] | None = None,
     name: str | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Produce ``posts`` posts at once to a ready worker; time until all are in Milvus.
+    """Produce ``posts`` posts at once (or ``rate`` a second) to a ready worker; time until
+    all are in Milvus.
     ``flush_writes`` sets the worker's ``milvus_flush_writes`` (None: its default);
     ``values`` are the records to send (default: ``posts`` synthetic valid posts, all
     of which must be analysed), ``env`` more worker settings, ``name`` the run's files."""
@@ -92,13 +94,16 @@ def bench_end_to_end(
             worker.wait_ready()
             reader.poll(100)  # join the reader's group before the clock starts
             start_ms = time.time() * 1000
-            produce(
-                values,
-                [broker.bootstrap],
-                settings.topic_posts,
-                LOCAL_BROKER_PROFILE,
-                progress=False,
-            )
+            if rate is None:
+                produce(
+                    values,
+                    [broker.bootstrap],
+                    settings.topic_posts,
+                    LOCAL_BROKER_PROFILE,
+                    progress=False,
+                )
+            else:
+                produce_paced(values, [broker.bootstrap], settings.topic_posts, rate)
             if not reader.wait_for(lambda o: len(o.analyses) >= posts, timeout_s=900):
                 raise RuntimeError(f"only {len(reader.outputs.analyses)}/{posts} analysed")
             stages = worker_stage_seconds(port)
@@ -116,6 +121,7 @@ def bench_end_to_end(
     elapsed = (last_ms - start_ms) / 1000
     return {
         "posts": posts,
+        "rate": rate,
         "max_batch": max_batch,
         "elapsed_s": elapsed,
         "posts_per_s": posts / elapsed,
@@ -123,6 +129,29 @@ def bench_end_to_end(
         "stage_seconds": stages,
         "stage_share_of_elapsed": {k: v / elapsed for k, v in stages.items()},
     }
+
+
+def produce_paced(values: list[bytes], bootstrap: list[str], topic: str, rate: float) -> None:
+    """Send ``values`` at ``rate`` messages a second (each sent on its own schedule, not
+    in bursts), then wait for every ack."""
+    from kafka import KafkaProducer
+
+    from streams.producer import post_key
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **LOCAL_BROKER_PROFILE.kafka_producer)
+    try:
+        start = time.perf_counter()
+        futures = []
+        for i, value in enumerate(values):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(producer.send(topic, key=post_key(value), value=value))
+            producer.flush()
+        for future in futures:
+            future.get(timeout=30)
+    finally:
+        producer.close()
 
 
 def worker_stage_seconds(port: int) -> dict[str, float]:

@@ -28,6 +28,7 @@ import argparse
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,29 @@ LADDER = (  # name, bundle, settings; each step changes one variable from the la
 )  # fmt: skip
 
 
+def run_configs(
+    configs: Sequence[tuple[str, str, dict[str, str]]],
+    bundles: dict[str, Path],
+    values: list[bytes],
+    work: Path,
+) -> dict[str, dict[str, Any]]:
+    """``bench_end_to_end`` once per (name, bundle, settings) configuration, in order, all
+    of ``values`` produced at once; settings are named without ``POSTPULSE_``."""
+    runs = {}
+    for name, precision, env in configs:
+        print(f"end to end: {name} ...")
+        runs[name] = bench_end_to_end(
+            bundles[precision],
+            len(values),
+            32,
+            work,
+            values=values,
+            env={f"POSTPULSE_{k}": v for k, v in env.items()},
+            name=name,
+        )
+    return runs
+
+
 def bench_text_path(bundle: Path, n: int = 3000, int8_bundle: Path | None = None) -> dict:
     values = real_posts(n)
     texts = [str(json.loads(v)["text"]) for v in values]
@@ -82,23 +106,12 @@ def bench_text_path(bundle: Path, n: int = 3000, int8_bundle: Path | None = None
             "fp32_buckets_on": encoder_ceiling(bundle, texts, True),
             "int8_buckets_on": encoder_ceiling(int8_bundle, texts, True),
         }
-        runs: dict[str, dict[str, Any]] = {}
+        runs = run_configs(LADDER, bundles, values, work)
         for name, precision, env in LADDER:
-            print(f"end to end: {name} ...")
-            run = bench_end_to_end(
-                bundles[precision],
-                len(values),
-                32,
-                work,
-                values=values,
-                env={f"POSTPULSE_{k}": v for k, v in env.items()},
-                name=name,
-            )
             buckets = "on" if env["TEXT_LENGTH_BUCKETS"] == "true" else "off"
-            run["share_of_encoder_ceiling"] = (
-                run["posts_per_s"] / ceilings[f"{precision}_buckets_{buckets}"]
+            runs[name]["share_of_encoder_ceiling"] = (
+                runs[name]["posts_per_s"] / ceilings[f"{precision}_buckets_{buckets}"]
             )
-            runs[name] = run
     finally:
         shutil.rmtree(work, ignore_errors=True)
     names = [name for name, _, _ in LADDER]

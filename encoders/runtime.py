@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import logging
 from collections.abc import Mapping
 from functools import cache
@@ -33,12 +35,31 @@ def cuda_loadable() -> bool:
     """
     if CUDA not in ort.get_available_providers():
         return False
+    _preload_cuda_libraries()
     for name in _CUDA_LIBRARIES:
         try:
             ctypes.CDLL(name)
         except OSError:
             return False
     return True
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN the way onnxruntime-gpu's own ``preload_dlls()`` finds them:
+    from the ``nvidia-*`` pip packages first, then the default library path, so a CUDA
+    installed by pip (not on ``LD_LIBRARY_PATH``) is found. What it prints about
+    libraries it cannot find goes to the debug log: a CPU machine has none."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+        try:
+            preload(directory="")
+        except Exception as exc:  # a broken CUDA install must not stop a CPU worker
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if said.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", said.getvalue().strip())
 
 
 def select_providers(device: Literal["auto", "cpu", "cuda"]) -> list[str]:
@@ -89,6 +110,10 @@ class OnnxModel:
         self.path = path
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.providers: list[str] = list(self.session.get_providers())
+        if device == "cuda" and self.providers[0] != CUDA:
+            raise ProviderUnavailableError(
+                f"device=cuda requested but ONNX Runtime runs {path.name} on {self.providers[0]}"
+            )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         log.info("loaded %s on %s", path.name, self.providers[0])

@@ -15,7 +15,7 @@ import numpy as np
 from encoders.audio import SpeechEmbeddingEncoder, VoiceActivityDetector
 from encoders.bundle import BundleError, Manifest, load_manifest
 from encoders.image import ImageEncoder
-from encoders.ocr import ImageTextReader
+from encoders.ocr import GATE_SIDE, ImageTextReader
 from encoders.runtime import OnnxModel
 from encoders.speech import SpeechTranscriber
 from encoders.text import TextEncoder, TokenBags
@@ -69,6 +69,8 @@ class ServedBundle:
         ocr: bool = True,
         stt: bool = True,
         stt_beam_size: int = 5,
+        ocr_gate_side: int = GATE_SIDE,
+        stt_threads: int = 0,
     ) -> None:
         self.path = path
         self.manifest: Manifest = load_manifest(path)
@@ -102,13 +104,20 @@ class ServedBundle:
         tools = self.manifest.tools
         self.ocr: ImageTextReader | None = None
         if ocr and "ocr" in tools:
-            self.ocr = ImageTextReader(path / "ocr", use_cuda=use_cuda)
+            self.ocr = ImageTextReader(
+                path / "ocr",
+                use_cuda=use_cuda,
+                gate_side=ocr_gate_side,
+                intra_op_threads=intra_op_threads,
+            )
         self.vad: VoiceActivityDetector | None = None
         if "vad" in tools:
             self.vad = VoiceActivityDetector(path / tools["vad"]["file"], intra_op_threads)
         self.stt: SpeechTranscriber | None = None
         if stt and "stt" in tools:
-            self.stt = SpeechTranscriber(path / tools["stt"]["folder"], use_cuda, stt_beam_size)
+            self.stt = SpeechTranscriber(
+                path / tools["stt"]["folder"], use_cuda, stt_beam_size, threads=stt_threads
+            )
         self.modalities: list[str] = list(self.manifest.fusion.modalities)
         self.dim = self.manifest.fusion.dim
         self.category_labels: list[str] = list(self.manifest.labels.get("category", []))

@@ -38,14 +38,22 @@ class SpeechTranscriber:
     """Transcribes 16 kHz mono clips (the first ``max_seconds`` of each) in one batch."""
 
     def __init__(
-        self, folder: Path, use_cuda: bool = False, beam_size: int = 5, max_seconds: float = 60.0
+        self,
+        folder: Path,
+        use_cuda: bool = False,
+        beam_size: int = 5,
+        max_seconds: float = 60.0,
+        threads: int = 0,
     ) -> None:
         import ctranslate2
         from tokenizers import Tokenizer
 
         device = "cuda" if use_cuda else "cpu"
         self._model = ctranslate2.models.Whisper(
-            str(folder), device=device, compute_type="float16" if use_cuda else "int8"
+            str(folder),
+            device=device,
+            compute_type="float16" if use_cuda else "int8",
+            intra_threads=threads,  # 0: CTranslate2's own default
         )
         self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         prompt = "<|startoftranscript|><|notimestamps|>"

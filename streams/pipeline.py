@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from encoders.media import AVLimits
 from encoders.runtime import set_spin_wait
 from encoders.serving import ServedBundle
 from streams.records import DeadLetter, DeadLetterReason, Envelope
-from streams.settings import Settings
+from streams.settings import Settings, compute_threads
 from streams.stages.analyse import AnalysedPost, AnalyserOptions, PostAnalyser, StageTimer
-from streams.stages.decode import DecodedPost, DecodeLimits, MediaDecoder
+from streams.stages.decode import DecodedPost, DecodeLimits, MediaDecoder, Prefetched
 from streams.stages.fetch import FetchLimits, MediaFetcher
 from streams.stages.topics import EmergingConfig, EmergingTopics, TopicExtractor
 from streams.stages.trends import TrendEvent
@@ -28,13 +29,16 @@ log = logging.getLogger(__name__)
 def served_bundle(settings: Settings) -> ServedBundle:
     """The model bundle loaded as ``settings`` configure it (device, threads, OCR, STT)."""
     set_spin_wait(settings.onnx_spin_wait)
+    threads = compute_threads(settings)
     bundle = ServedBundle(
         settings.bundle_path,
         settings.device,
-        settings.intra_op_threads,
+        settings.intra_op_threads or threads,
         ocr=settings.ocr_enabled,
         stt=settings.stt_enabled,
         stt_beam_size=settings.stt_beam_size,
+        ocr_gate_side=settings.ocr_gate_side,
+        stt_threads=threads,
     )
     bundle.text.buckets = settings.text_length_buckets
     return bundle
@@ -82,6 +86,14 @@ class PostPipeline:
             else None
         )
         supported = frozenset(m for m in bundle.modalities if m != "text")
+        # the posts of one batch with media are decoded in parallel (PyAV and Pillow
+        # release the GIL while they decode); text-only posts are checked inline
+        self.decode_threads = compute_threads(settings)
+        self._decode_pool = (  # its threads start on the first batch with media
+            ThreadPoolExecutor(self.decode_threads, thread_name_prefix="postpulse-decode")
+            if self.decode_threads > 1
+            else None
+        )
         self.decoder = MediaDecoder(
             DecodeLimits(
                 settings.max_media_bytes, settings.max_image_pixels, settings.media_root, av_limits
@@ -129,17 +141,7 @@ class PostPipeline:
         decoded: list[DecodedPost] = []
         fetched = self.decoder.prefetch(valid)
         timer.stages["fetch"] = time.perf_counter() - start
-        for index, item in enumerate(valid):
-            try:
-                res = self.decoder(item, fetched, index)
-            except Exception as exc:
-                log.exception("decode stage raised on post %s", item.post.post_id)
-                res = item.envelope.dead_letter(
-                    DeadLetterReason.INTERNAL_ERROR,
-                    "decode",
-                    f"{type(exc).__name__}: {exc}",
-                    item.post.post_id,
-                )
+        for res in self._decode_all(valid, fetched):
             (outcome.dead_letters if isinstance(res, DeadLetter) else decoded).append(res)  # type: ignore[arg-type]
         timer.stages["decode"] = time.perf_counter() - start
 
@@ -152,6 +154,37 @@ class PostPipeline:
         outcome.trend_events, outcome.topic_errors = topics.events, topics.errors
         timer.stages["topics"] = time.perf_counter() - start
         return outcome
+
+    def _decode_all(
+        self, valid: list[ValidatedPost], fetched: Prefetched
+    ) -> list[DecodedPost | DeadLetter]:
+        """Each valid post decoded, in order; posts with media on the decode pool when
+        there are two or more of them (each decode has its own wall-clock deadline)."""
+        with_media = [k for k, item in enumerate(valid) if item.post.media]
+        futures = {}
+        if self._decode_pool is not None and len(with_media) > 1:
+            futures = {
+                k: self._decode_pool.submit(self._decode_one, valid[k], fetched, k)
+                for k in with_media
+            }
+        return [
+            futures[k].result() if k in futures else self._decode_one(item, fetched, k)
+            for k, item in enumerate(valid)
+        ]
+
+    def _decode_one(
+        self, item: ValidatedPost, fetched: Prefetched, index: int
+    ) -> DecodedPost | DeadLetter:
+        try:
+            return self.decoder(item, fetched, index)
+        except Exception as exc:  # a bug must not take the batch down
+            log.exception("decode stage raised on post %s", item.post.post_id)
+            return item.envelope.dead_letter(
+                DeadLetterReason.INTERNAL_ERROR,
+                "decode",
+                f"{type(exc).__name__}: {exc}",
+                item.post.post_id,
+            )
 
     def _analyse(
         self, decoded: list[DecodedPost], outcome: BatchOutcome, timer: StageTimer

@@ -10,6 +10,7 @@ import io
 import shutil
 import subprocess
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import av
@@ -185,3 +186,50 @@ def audio_only_mp4(seconds: float = 2.0) -> bytes:
     with av.open(buf, "w", format="mp4") as container:
         _encode_audio(container, _add_audio_stream(container, "aac", 48_000), tone(seconds), "fltp")
     return buf.getvalue()
+
+
+def packaged_photos() -> dict[str, Any]:
+    """The real photographs that ship inside installed packages, as RGB PIL images:
+    scikit-learn's two sample pictures (``china``, ``flower``: no lettering) and
+    matplotlib's portrait of Grace Hopper (``hopper``: a badge with small lettering)."""
+    import matplotlib.cbook
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = {}
+    for path in load_sample_images().filenames:
+        with Image.open(path) as image:
+            photos[Path(path).stem] = image.convert("RGB")
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+        photos["hopper"] = image.convert("RGB")
+    return photos
+
+
+def captioned(
+    picture: Any, text: str, height_share: float, boxed: bool, at: tuple[float, float] = (0.1, 0.4)
+) -> Any:
+    """``picture`` (PIL) with ``text`` drawn on it, its letters ``height_share`` of the
+    picture's longer side tall: dark on a pale box (``boxed``) or white with a dark outline
+    straight on the picture, its top-left at ``at`` (shares of width and height)."""
+    from PIL import ImageDraw, ImageFont
+
+    out = picture.copy()
+    draw = ImageDraw.Draw(out)
+    size = max(6, round(height_share * max(out.size)))
+    font = ImageFont.load_default(size=size)
+    x, y = round(at[0] * out.width), round(at[1] * out.height)
+    if boxed:
+        width = round(draw.textlength(text, font=font))
+        draw.rectangle((x - 8, y - 4, x + width + 8, y + size + 8), fill=(250, 250, 245))
+        draw.text((x, y), text, fill=(20, 20, 20), font=font)
+    else:
+        stroke = max(1, size // 12)
+        draw.text(
+            (x, y),
+            text,
+            fill=(255, 255, 255),
+            font=font,
+            stroke_width=stroke,
+            stroke_fill=(0, 0, 0),
+        )
+    return out

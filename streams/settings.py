@@ -7,6 +7,8 @@ Nothing else in postpulse reads the environment: build :class:`Settings` at the 
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -95,7 +97,16 @@ class Settings(BaseSettings):
         default="auto",
         description="'auto' (CUDA when its libraries load, else CPU), 'cpu' or 'cuda'",
     )
-    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads, 0 = auto")
+    cpu_threads: int = Field(
+        default=0,
+        ge=0,
+        description="cores the worker's compute may use: ONNX Runtime's intra-op threads "
+        "(unless intra_op_threads is set), speech to text's threads and the pool that decodes "
+        "one batch's media; 0 = the CPUs this process may run on",
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads per session, 0 = cpu_threads"
+    )
     onnx_spin_wait: bool = Field(
         default=False,
         description="ONNX Runtime threads spin-wait between ops (ORT's own default) instead "
@@ -220,6 +231,13 @@ class Settings(BaseSettings):
 
     ocr_enabled: bool = Field(default=True, description="read text in images and video frames")
     ocr_frames_per_video: int = Field(default=3, ge=0, description="video frames read by OCR")
+    ocr_gate_side: int = Field(
+        default=672,
+        ge=0,
+        description="a large picture is first looked at by the text detector at this longer "
+        "side and read in full only when that finds something (text under ~1.3% of the "
+        "picture's side may be missed); 0 reads every picture in full",
+    )
     stt_enabled: bool = Field(default=True, description="transcribe speech in audio and video")
     stt_beam_size: int = Field(default=5, ge=1, description="speech-to-text beam size")
     stt_min_speech_ratio: float = Field(
@@ -359,6 +377,37 @@ KAFKA_PROFILE = BrokerProfile(
     kafka_producer={"linger_ms": 5, "acks": "all", "max_request_size": MAX_REQUEST_BYTES},
     kafka_consumer={},
 )
+
+
+def compute_threads(settings: Settings) -> int:
+    """The worker's thread budget: ``cpu_threads``, else the CPUs this process may run on
+    (its affinity mask, which a container's cpuset narrows), capped by a cgroup v2 CPU
+    quota (a Kubernetes CPU limit) rounded up."""
+    if settings.cpu_threads:
+        return settings.cpu_threads
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
+    """CPUs allowed by this cgroup's ``cpu.max`` ("max 100000": no limit; None too when
+    the file is missing or unreadable)."""
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def kafka_security(settings: Settings) -> dict[str, Any]:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
+from benchmarks.gpu import bench_torch_proxy
 from benchmarks.padding import compare
 from benchmarks.run import bench_image_encoder, bench_text_encoder, bench_text_preprocessing
 from benchmarks.search import bench_search
 from benchmarks.trends import bench_gap_tracking, bench_hashtag_memory, bench_topics_stage
+from encoders.bundle import load_manifest
 from encoders.quantize import held_texts
+from encoders.runtime import CPU
 from encoders.serving import ServedBundle
 
 
@@ -72,3 +80,37 @@ def test_padding_benchmark_times_both_ways_on_the_same_takes(served_bundle: Serv
         assert 0 < row[mode]["take_ms_p50"] <= row[mode]["take_ms_p95"]
     ratio = float(np.median(row["on"]["items_per_s"]) / np.median(row["off"]["items_per_s"]))
     assert abs(row["on_vs_off_items_per_s"] - ratio) <= 1e-9 * ratio
+
+
+def test_gpu_script_runs_in_one_go_and_says_it_measured_the_cpu(bundle_path: Path) -> None:
+    """``benchmarks/gpu.py --smoke`` as a GPU host would run it: one process, one JSON
+    line on stdout. On this machine ONNX Runtime has no CUDA: every model is measured on
+    the CPU provider and the result says that no GPU figure was taken."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--smoke", "--bundle", str(bundle_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout
+    result = json.loads(lines[0])
+    assert result["measured_on"] == [CPU] and result["gpu_measured"] is False
+    assert "no ONNX figure here is a GPU figure" in result["note"]
+    onnx = result["onnx_items_per_s"]
+    for modality in load_manifest(bundle_path).encoders:
+        assert onnx[modality]["provider"] == CPU
+        assert all(onnx[modality][str(b)] > 0 for b in result["batches"]), onnx[modality]
+    assert "skipped" in onnx["fusion"]  # the test bundle's fusion is untrained
+    assert "skipped" in result["torch_cuda_fp16_proxy_items_per_s"]
+    decode = result["image_decode_preprocess"]
+    assert decode["one_thread_images_per_s"] > 0 and decode["all_cores_images_per_s"] > 0
+
+
+def test_gpu_script_torch_proxy_runs_the_encoders_from_their_weights(bundle_path: Path) -> None:
+    """The PyTorch proxy's code path, on the CPU in fp32 (on a GPU host: CUDA fp16)."""
+    proxy = bench_torch_proxy(bundle_path, (2, 3), 0.0, 1, device="cpu")
+    assert proxy["device"] == "cpu" and proxy["dtype"] == "float32"
+    for modality in ("text", "image", "video"):
+        assert all(proxy[modality][b] > 0 for b in ("2", "3")), proxy[modality]

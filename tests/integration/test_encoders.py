@@ -13,12 +13,20 @@ import pytest
 import torch
 
 import encoders.text
+from encoders import runtime
 from encoders.bundle import BundleError, BundleIntegrityError, load_manifest
 from encoders.export import OnnxParityError, check_parity
 from encoders.image import preprocess_image, synthetic_image
 from encoders.quantize import held_texts
 from encoders.registry import get_encoder_spec, registered_encoders
-from encoders.runtime import CPU, select_providers
+from encoders.runtime import (
+    CPU,
+    CUDA,
+    OnnxModel,
+    ProviderUnavailableError,
+    cuda_loadable,
+    select_providers,
+)
 from encoders.serving import ServedBundle
 
 GOLDEN = json.loads((Path(__file__).parents[1] / "golden" / "embeddings.json").read_text())
@@ -36,6 +44,20 @@ def test_provider_selection_falls_back_to_cpu(served_bundle: ServedBundle) -> No
     providers = select_providers("auto")
     assert providers[-1] == CPU
     assert served_bundle.provider in providers
+
+
+def test_device_cuda_fails_loudly_when_the_session_falls_back(
+    bundle_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked for CUDA on a machine without its libraries, ONNX Runtime logs an error and
+    quietly runs the session on the CPU; a session asked for ``device=cuda`` must refuse
+    that. (Only the probe is overridden: the fallback is ONNX Runtime's own.)"""
+    if cuda_loadable():
+        pytest.skip("CUDA loads here: the session would not fall back")
+    monkeypatch.setattr(runtime, "select_providers", lambda device: [CUDA, CPU])
+    with pytest.raises(ProviderUnavailableError, match=r"runs model\.onnx on CPUExecutionProvider"):
+        OnnxModel(bundle_path / "text" / "model.onnx", "cuda")
+    assert OnnxModel(bundle_path / "text" / "model.onnx", "auto").provider == CPU
 
 
 @pytest.mark.parametrize("modality", ["text", "image"])

@@ -199,3 +199,46 @@ def test_whisper_encoder_conversion_matches_ctranslate2_and_exports(tmp_path) ->
     assert emb.shape == (3, 384)
     cosine = emb @ emb.T / np.outer(np.linalg.norm(emb, axis=1), np.linalg.norm(emb, axis=1))
     assert cosine[0, 1] > cosine[0, 2]
+
+
+def test_a_batch_decoded_in_parallel_keeps_every_outcome_in_place(
+    served_bundle: ServedBundle,
+) -> None:
+    """The decode pool (issue 16) on a real mixed batch — images, videos, audio and
+    every kind of broken media — gives each message the outcome the serial decode
+    gives it, in the same order, and it really ran on the pool's threads."""
+    import threading
+
+    from streams.pipeline import PostPipeline
+    from streams.records import Envelope
+    from streams.samples import mixed_stream
+    from streams.settings import Settings
+    from streams.stages.decode import DecodedPost
+
+    samples = mixed_stream(24, 16, seed=31, av=6)
+    serial = PostPipeline(Settings(cpu_threads=1), served_bundle)
+    parallel = PostPipeline(Settings(cpu_threads=2), served_bundle)
+    assert serial._decode_pool is None and parallel._decode_pool is not None
+    valid = [
+        v
+        for v in (serial.validator(Envelope(value=s.value)) for s in samples)
+        if not hasattr(v, "reason")
+    ]
+    assert sum(1 for v in valid if v.post.media) >= 10
+
+    def summary(outs: list[object]) -> list[tuple[str, object]]:
+        return [
+            ("decoded", (len(o.images), len(o.videos), len(o.audios)))
+            if isinstance(o, DecodedPost)
+            else ("dead", o.reason)  # type: ignore[attr-defined]
+            for o in outs
+        ]
+
+    one = serial._decode_all(valid, {})
+    two = parallel._decode_all(valid, {})
+    assert summary(one) == summary(two)
+    assert [o.validated.post.post_id for o in two if isinstance(o, DecodedPost)] == [
+        o.validated.post.post_id for o in one if isinstance(o, DecodedPost)
+    ]
+    assert any(t.name.startswith("postpulse-decode") for t in threading.enumerate())
+    assert {"dead"} <= {kind for kind, _ in summary(two)}

@@ -5,16 +5,18 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from encoders.media import AVLimits, decode_audio
+from encoders.ocr import GATE_SIDE, ImageTextReader
 from encoders.serving import ServedBundle
 from streams.pipeline import PostPipeline
 from streams.records import Envelope
-from streams.sample_media import make_audio, make_video, speak
+from streams.sample_media import captioned, make_audio, make_video, packaged_photos, speak
 from streams.settings import Settings
 
 SENTENCES = [
@@ -81,6 +83,49 @@ def test_ocr_reads_rendered_text(served_bundle: ServedBundle) -> None:
     scores = [char_accuracy(text, served_bundle.ocr.read(sign(text))) for text in SIGNS]
     assert float(np.mean(scores)) >= 0.9, scores
     assert served_bundle.ocr.read(Image.new("RGB", (300, 200), "white")) == ""
+
+
+def _scaled(picture: Image.Image, side: int) -> Image.Image:
+    scale = side / max(picture.size)
+    return picture.resize((round(picture.width * scale), round(picture.height * scale)))
+
+
+def test_ocr_gate_turns_away_real_photos_without_text_and_reads_captions(
+    bundle_path: Path,
+) -> None:
+    """The gate (issue 16) on the real photographs that ship in scikit-learn and
+    matplotlib: without text they are turned away before the full read and lose
+    nothing the full read finds; captions of ordinary size drawn on them are read as
+    the ungated reader reads them; a picture too small to gate is read in full."""
+    gated = ImageTextReader(bundle_path / "ocr")
+    full = ImageTextReader(bundle_path / "ocr", gate_side=0)
+    assert gated.gate_side == GATE_SIDE > 0
+    photos = {name: _scaled(photo, 1080) for name, photo in packaged_photos().items()}
+    for name in ("china", "flower"):
+        before = gated.gated_out
+        assert gated.read(photos[name]) == full.read(photos[name]) == "", name
+        assert gated.gated_out == before + 1, name
+    for name, photo in photos.items():
+        for boxed in (True, False):
+            picture = captioned(photo, SIGNS[0], 0.03, boxed)
+            before = gated.gated_out
+            text = gated.read(picture)
+            assert gated.gated_out == before, (name, boxed)
+            # most of the caption's words are read (OCR may join two of them)
+            assert len(set(words(SIGNS[0])) & set(words(text))) >= 3, (name, boxed, text)
+            assert text == full.read(picture), (name, boxed)
+    small = packaged_photos()["china"]  # 640 px: the detector's input is small already
+    before = gated.gated_out
+    assert gated.may_hold_text(small) and gated.read(small) == full.read(small)
+    assert gated.gated_out == before and full.gated_out == 0
+
+
+def test_ocr_gate_side_setting_reaches_the_reader(bundle_path: Path) -> None:
+    assert Settings().ocr_gate_side == GATE_SIDE
+    ungated = ServedBundle(bundle_path, ocr_gate_side=0, stt=False)
+    assert ungated.ocr is not None and ungated.ocr.gate_side == 0
+    picture = _scaled(packaged_photos()["flower"], 1080)
+    assert ungated.ocr.may_hold_text(picture)
 
 
 def test_video_only_post_with_speech_is_understood(served_bundle: ServedBundle) -> None:

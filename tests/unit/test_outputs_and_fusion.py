@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -186,12 +187,33 @@ def test_pipeline_turns_a_stage_bug_into_dead_letters() -> None:
     from streams.stages.topics import TopicExtractor
 
     pipeline.topics = TopicExtractor()
+    pipeline._decode_pool = None
     value = b'{"post_id": "p", "platform": "x", "author_id": "u", "created_at": 1700000000000, "text": "t"}'
     outcome = pipeline.process([Envelope(value=value, offset=3), Envelope(value=b"{", offset=4)])
     reasons = sorted(d.reason.value for d in outcome.dead_letters)
     assert reasons == ["internal_error", "invalid_json"]
     internal = next(d for d in outcome.dead_letters if d.reason is DeadLetterReason.INTERNAL_ERROR)
     assert internal.stage == "decode" and "boom" in internal.detail and internal.original == value
+    # posts with media go to the decode pool: a bug there is each post's dead letter too
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        pipeline._decode_pool = pool
+        media = [
+            json.dumps(
+                {
+                    "post_id": f"m{i}",
+                    "platform": "x",
+                    "author_id": "u",
+                    "created_at": 1700000000000,
+                    "media": [{"kind": "image", "data_b64": "AAAA"}],
+                }
+            ).encode()
+            for i in range(3)
+        ]
+        outcome = pipeline.process([Envelope(value=v, offset=i) for i, v in enumerate(media)])
+    assert [d.post_id for d in outcome.dead_letters] == ["m0", "m1", "m2"]
+    assert all(d.reason is DeadLetterReason.INTERNAL_ERROR for d in outcome.dead_letters)
 
 
 # -- outputs that cannot wedge (issue 15) -------------------------------------------

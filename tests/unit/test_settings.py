@@ -15,6 +15,8 @@ from streams.settings import (
     LOCAL_BROKER_PROFILE,
     Settings,
     broker_profile,
+    cgroup_cpu_quota,
+    compute_threads,
     settings_markdown,
 )
 
@@ -82,3 +84,23 @@ def test_tls_alone_gives_faust_an_ssl_context() -> None:
     assert "sasl_mechanism" not in profile.kafka_consumer
     with pytest.raises(ValidationError, match="kafka_ssl_cafile"):  # said at start-up
         Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=Path("/nope/ca.pem"))
+
+
+def test_the_thread_budget_follows_affinity_and_a_cgroup_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import streams.settings as module
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(module, "cgroup_cpu_quota", lambda: None)
+    assert compute_threads(Settings()) == 8
+    assert compute_threads(Settings(cpu_threads=3)) == 3  # the setting wins
+    monkeypatch.setattr(module, "cgroup_cpu_quota", lambda: 2.5)  # a 2500m CPU limit
+    assert compute_threads(Settings()) == 3
+    cpu_max = tmp_path / "cpu.max"
+    for text, quota in (("250000 100000\n", 2.5), ("max 100000\n", None), ("junk", None)):
+        cpu_max.write_text(text)
+        assert cgroup_cpu_quota(cpu_max) == quota
+    assert cgroup_cpu_quota(tmp_path / "missing") is None
