@@ -27,9 +27,9 @@ OCR_FILES = {
 MAX_SIDE = 1280
 DET_SIDE = 960  # the detector reads a picture with its longer side capped here
 # The gate reads a picture at this longer side (about half the detector's pixels, about
-# a sixth of its time on 2 cores) and lets it through when at least GATE_MIN_PIXELS of
+# a quarter of a full read's time on 2 cores) and lets it through when at least GATE_MIN_PIXELS of
 # its probability map exceed GATE_THRESHOLD (a picture without text scores ~0
-# everywhere). Text smaller than about 1.3% of the picture's longer side can be missed
+# everywhere). Text smaller than about 2% of the picture's longer side can be missed
 # (recall by text size in benchmarks/results/ocr.json); pictures whose detector input
 # is not much larger than the gate's skip it.
 GATE_SIDE = 672

@@ -235,7 +235,7 @@ class Settings(BaseSettings):
         default=672,
         ge=0,
         description="a large picture is first looked at by the text detector at this longer "
-        "side and read in full only when that finds something (text under ~1.3% of the "
+        "side and read in full only when that finds something (text under ~2% of the "
         "picture's side may be missed); 0 reads every picture in full",
     )
     stt_enabled: bool = Field(default=True, description="transcribe speech in audio and video")
