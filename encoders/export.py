@@ -56,8 +56,19 @@ def export_encoder(spec: EncoderSpec, out_file: Path) -> ParityReport:
         raise
 
 
-def export_module(module: torch.nn.Module, spec: EncoderSpec, out_file: Path) -> None:
-    """Trace ``module`` with the spec's sample inputs and write a single-file ONNX model."""
+def export_module(
+    module: torch.nn.Module,
+    spec: EncoderSpec,
+    out_file: Path,
+    torchscript: bool = False,
+    opset: int | None = None,
+) -> None:
+    """Trace ``module`` with the spec's sample inputs and write a single-file ONNX model.
+
+    ``torchscript`` uses PyTorch's TorchScript exporter instead of the dynamo one: its
+    graphs are the ones ONNX Runtime's transformer fusions recognise (the int8 recipe
+    in encoders/quantize.py needs them); the bundle's fp32 files use dynamo. ``opset``
+    overrides the spec's."""
     import onnx
     import torch
 
@@ -74,8 +85,8 @@ def export_module(module: torch.nn.Module, spec: EncoderSpec, out_file: Path) ->
                 input_names=list(spec.export.input_names),
                 output_names=list(spec.export.output_names),
                 dynamic_axes=spec.export.dynamic_axes,
-                opset_version=spec.export.opset,
-                dynamo=True,
+                opset_version=opset or spec.export.opset,
+                dynamo=not torchscript,
                 external_data=False,
                 verbose=False,
             )

@@ -62,6 +62,17 @@ def _preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls: %s", said.getvalue().strip())
 
 
+# CUDA provider options. cuDNN's default algorithm search (EXHAUSTIVE) benchmarks every
+# convolution again for each new input shape; a worker's batches vary in size (and text
+# runs in width), so each new shape would stall its batch: the heuristic choice instead.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def provider_entries(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """``providers`` as ONNX Runtime takes them, the CUDA one with :data:`CUDA_OPTIONS`."""
+    return [(p, dict(CUDA_OPTIONS)) if p == CUDA else p for p in providers]
+
+
 def select_providers(device: Literal["auto", "cpu", "cuda"]) -> list[str]:
     """Execution providers for ``device``; ``auto`` takes CUDA only when it loads."""
     if device == "cpu":
@@ -108,7 +119,9 @@ class OnnxModel:
         )
         providers = select_providers(device)
         self.path = path
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=provider_entries(providers)
+        )
         self.providers: list[str] = list(self.session.get_providers())
         if device == "cuda" and self.providers[0] != CUDA:
             raise ProviderUnavailableError(

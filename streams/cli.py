@@ -833,9 +833,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default="fp32",
         choices=PRECISIONS,
-        help="int8: the text encoder quantized (ONNX Runtime dynamic, per-channel MatMul "
-        "weights), kept only if its embeddings' cosine to fp32 on held real posts has mean "
-        ">= 0.99 and minimum >= 0.97; the other encoders stay fp32",
+        help="int8: the text encoder fused and quantized (ONNX Runtime dynamic, per-channel "
+        "int8 weights; the first token's outlier rows in fp32), kept only if its embeddings' "
+        "cosine to fp32 on held real posts has mean >= 0.99 and minimum >= 0.97; the other "
+        "encoders stay fp32",
     )
     p.set_defaults(func=cmd_export)
 

@@ -95,6 +95,11 @@ class EmergingTopics:
     def __init__(self, config: EmergingConfig | None = None) -> None:
         self.config = config or EmergingConfig()
         self.clusters: list[_Cluster] = []
+        # row k holds clusters[k].centroid (each centroid is a view of its row) and
+        # _norms[k] its norm: a post is compared with every cluster in one product,
+        # without stacking the centroids again for each post
+        self._centroids: np.ndarray | None = None
+        self._norms = np.zeros(self.config.max_clusters, dtype=np.float32)
         self.document_frequency: SpaceSaving[str] = SpaceSaving(self.config.term_capacity)
         self.documents = 0
         self._clock = 0
@@ -111,15 +116,26 @@ class EmergingTopics:
         if norm == 0 or not terms:
             return None
         vector = vector / norm
-        best, best_sim = None, -1.0
+        best, best_sim = -1, -1.0
         if self.clusters:
-            centroids = np.stack([c.centroid for c in self.clusters])
-            sims = centroids @ vector / np.maximum(np.linalg.norm(centroids, axis=1), 1e-12)
-            i = int(np.argmax(sims))
-            best, best_sim = self.clusters[i], float(sims[i])
-        if best is None or best_sim < self.config.similarity:
+            sims = self._similarities(vector)
+            best = int(np.argmax(sims))
+            best_sim = float(sims[best])
+        if best < 0 or best_sim < self.config.similarity:
             best = self._new_cluster(vector.shape[0])
+        self._join(best, vector, terms)
+        return self.clusters[best].name
+
+    def _similarities(self, vector: np.ndarray) -> np.ndarray:
+        """Cosine of the unit ``vector`` to each cluster's centroid, in cluster order."""
+        assert self._centroids is not None
+        n = len(self.clusters)
+        return np.asarray(self._centroids[:n] @ vector / np.maximum(self._norms[:n], 1e-12))
+
+    def _join(self, k: int, vector: np.ndarray, terms: list[str]) -> None:
+        best = self.clusters[k]
         best.centroid += vector
+        self._norms[k] = np.linalg.norm(best.centroid)
         best.posts += 1
         best.last_seen = self._clock
         best.terms.update(terms)
@@ -127,18 +143,26 @@ class EmergingTopics:
             best.terms = Counter(dict(best.terms.most_common(256)))
         if best.name is None and best.posts >= self.config.min_support:
             best.name = self._name(best)
-        return best.name
 
-    def _new_cluster(self, dim: int) -> _Cluster:
+    def _new_cluster(self, dim: int) -> int:
+        """The slot of a new, empty cluster: the next free one, or that of the least
+        recently joined unnamed cluster (any cluster when all are named)."""
+        if self._centroids is None:
+            self._centroids = np.zeros((self.config.max_clusters, dim), dtype=np.float32)
+        elif self._centroids.shape[1] != dim:
+            raise ValueError(f"a {dim}-d embedding; the clusters are {self._centroids.shape[1]}-d")
         if len(self.clusters) >= self.config.max_clusters:
-            # by position: list.remove compares clusters by value, and comparing the
-            # numpy centroids of two clusters raises
+            # by position: comparing clusters by value compares their numpy centroids
             candidates = [k for k, c in enumerate(self.clusters) if c.name is None]
             candidates = candidates or list(range(len(self.clusters)))
-            del self.clusters[min(candidates, key=lambda k: self.clusters[k].last_seen)]
-        cluster = _Cluster(np.zeros(dim, dtype=np.float32))
-        self.clusters.append(cluster)
-        return cluster
+            slot = min(candidates, key=lambda k: self.clusters[k].last_seen)
+        else:
+            slot = len(self.clusters)
+            self.clusters.append(_Cluster(self._centroids[slot]))
+        self._centroids[slot] = 0.0
+        self._norms[slot] = 0.0
+        self.clusters[slot] = _Cluster(self._centroids[slot])
+        return slot
 
     def _name(self, cluster: _Cluster) -> str | None:
         scored = []

@@ -336,6 +336,30 @@ def test_emerging_clusters_are_evicted_without_comparing_centroids() -> None:
     assert len(emerging.clusters) == 4
 
 
+def test_emerging_posts_join_the_cluster_whose_current_centroid_is_most_similar() -> None:
+    """The kept centroid matrix and norms answer as comparing the post with every
+    cluster's centroid as it is now would, through joins, new clusters and evictions."""
+    emerging = EmergingTopics(EmergingConfig(max_clusters=8, similarity=0.5, min_support=3))
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(12, 32))
+    joins = starts = 0
+    for _ in range(600):
+        vec = centres[rng.integers(12)] + rng.normal(scale=0.5, size=32)
+        before = [(c.posts, c.centroid.copy()) for c in emerging.clusters]
+        sims = [float(c @ vec / np.linalg.norm(c) / np.linalg.norm(vec)) for _, c in before]
+        emerging.assign(vec, ["word"])
+        grown = [
+            k for k, (posts, _) in enumerate(before) if emerging.clusters[k].posts == posts + 1
+        ]
+        if sims and max(sims) >= 0.5:
+            assert grown == [int(np.argmax(sims))]
+            joins += 1
+        else:
+            assert not grown
+            starts += 1
+    assert joins > 100 and starts > 20 and len(emerging.clusters) == 8
+
+
 def test_a_post_whose_derived_topics_raise_still_counts_category_and_hashtags() -> None:
     from streams.stages.topics import TopicExtractor
     from tests.unit.test_outputs_and_fusion import _analysed
