@@ -87,7 +87,7 @@ reports: bundle
 chaos: bundle
 	$(PY) -m benchmarks.chaos --posts 10000 --bundle $(BUNDLE) --out benchmarks/results/chaos.json
 
-# every speed benchmark, one after another (about 35 minutes on 2 cores), each writing its
+# every speed benchmark, one after another (about 45 minutes on 2 cores), each writing its
 # JSON to benchmarks/results/, then benchmarks/results/speed.png from those files
 bench: bundle
 	$(PY) -m benchmarks.run --bundle $(BUNDLE) --out benchmarks/results/latest.json

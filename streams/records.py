@@ -16,14 +16,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 RFC3339_PATTERN = (
-    r"^(199\d|20\d\d)-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
+    r"^(19[89]\d|20\d\d)-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
     r"(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$"
 )
 _RFC3339 = re.compile(RFC3339_PATTERN)
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
 
 INT64_MAX = 2**63 - 1
-MIN_CREATED_AT_MS = 631_152_000_000  # 1990-01-01T00:00:00Z: older posts are implausible
+# 1980-01-01T00:00:00Z: newswire and Usenet archives are real posts (the packaged Reuters
+# corpus is from 1987); epoch 0 and epoch *seconds* sent as milliseconds (January 1970)
+# stay refused
+MIN_CREATED_AT_MS = 315_532_800_000
 MAX_CREATED_AT_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: the static bound the schema states
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a post may have (deeper is ``invalid_json``)."""
@@ -73,7 +76,7 @@ def parse_created_at(value: object) -> int:
         raise ValueError("created_at must be an RFC 3339 string or epoch milliseconds")
     if not MIN_CREATED_AT_MS <= ms < MAX_CREATED_AT_MS:
         raise ValueError(
-            f"created_at {value!r} is outside 1990-01-01 .. 2100-01-01 (epoch ms "
+            f"created_at {value!r} is outside 1980-01-01 .. 2100-01-01 (epoch ms "
             f"{MIN_CREATED_AT_MS} .. {MAX_CREATED_AT_MS})"
         )
     return ms

@@ -61,3 +61,18 @@ def test_text_head_beats_tfidf_logistic_regression(bundle_path: Path, tmp_path: 
     assert "Imbalance 100to1 minority recall" in report
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["labels"]["category"] == ["HillaryClinton", "realDonaldTrump"]
+
+
+@pytest.mark.parametrize("name", sorted(CORPORA))
+def test_every_post_of_a_packaged_corpus_passes_the_workers_validation(name: str) -> None:
+    """A replay or ``dataset build`` dead-letters an invalid post: the floor of
+    ``created_at`` once refused all of the 1987 Reuters corpus."""
+    from streams.records import Post
+
+    refused = []
+    for post in load_corpus(name):
+        try:
+            Post.model_validate(post)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            refused.append(f"{post.get('post_id')}: {str(exc)[:120]}")
+    assert not refused, refused[:3]

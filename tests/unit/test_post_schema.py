@@ -101,8 +101,10 @@ CASES: list[tuple[str, Any, bool]] = [
     # ranges the sinks can store and that are plausible (issue 15)
     ("created_at 1e20 epoch ms", with_("created_at", 100000000000000000000), False),
     ("created_at epoch 0", with_("created_at", 0), False),
-    ("created_at 1989", with_("created_at", "1989-12-31T12:00:00Z"), False),
-    ("created_at 1990 epoch", with_("created_at", 631152000000), True),
+    ("created_at 1979", with_("created_at", "1979-12-31T12:00:00Z"), False),
+    ("created_at 1980 epoch", with_("created_at", 315532800000), True),
+    ("created_at Reuters 1987", with_("created_at", "1987-03-01T00:00:00+00:00"), True),
+    ("created_at epoch seconds", with_("created_at", 1764410100), False),
     ("created_at 2100", with_("created_at", "2100-01-01T00:00:00Z"), False),
     ("created_at 2100 epoch", with_("created_at", 4102444800000), False),
     ("likes int64 max", with_("engagement.likes", 2**63 - 1), True),
