@@ -27,6 +27,11 @@ def _text_path(r: dict[str, Any]) -> list[Row]:
     return [
         *rows,
         (group, "all levers", r["all_vs_before"]),
+        *(
+            [(group, "int8 vs fp32, median of rounds", r["int8_vs_fp32_end_to_end"])]
+            if "int8_vs_fp32_end_to_end_per_round" in r
+            else []
+        ),
         (
             "text encoder alone",
             "int8 vs fp32",

@@ -60,6 +60,7 @@ def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10, queries: int = 
 
 
 def bench_heads(bundle: Path, int8_bundle: Path, work: Path) -> dict[str, Any]:
+    """Per corpus: both bundles' test metrics and their text neighbour overlap."""
     bundles = {"fp32": bundle, "int8": int8_bundle}
     out: dict[str, Any] = {}
     for corpus, split in CORPORA.items():

