@@ -7,7 +7,8 @@ embedded by the worker's own stages (``postpulse dataset build``), the fusion mo
 heads are trained on its training split with the same config and seed
 (``postpulse train --no-compare``), and the test split's metrics are read back. Only
 the text encoder's precision differs between the two columns. Also reported: each
-corpus's 10-nearest-neighbour overlap between the two bundles' post embeddings.
+corpus's 10-nearest-neighbour overlap between the two bundles' text embeddings
+(``benchmarks.precision.neighbour_overlap``: exact search in Milvus Lite).
 
 ``python -m benchmarks.precision_heads`` prints the table and writes
 ``benchmarks/results/precision_heads.json`` (about 15 minutes on 2 cores).
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.precision import neighbour_overlap
 from encoders.bundle import load_manifest, write_default_bundle
 from encoders.training.data import EmbeddingCache
 from encoders.training.run import run_training
@@ -43,20 +45,6 @@ def _cli(*args: str) -> None:
 def _number(value: Any) -> float | None:
     """A metric as a JSON number; None where it does not apply (NaN)."""
     return None if value is None or not np.isfinite(value) else float(value)
-
-
-def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10, queries: int = 500) -> float:
-    """Mean share of the first ``queries`` rows' ``k`` nearest neighbours (exact cosine,
-    self excluded) that the two embeddings of the same posts agree on."""
-
-    def nearest(x: np.ndarray) -> np.ndarray:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        sims = x[:queries] @ x.T
-        sims[np.arange(len(sims)), np.arange(len(sims))] = -np.inf
-        return np.argsort(-sims, axis=1)[:, :k]
-
-    pairs = zip(nearest(a), nearest(b), strict=True)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in pairs]))
 
 
 def bench_heads(bundle: Path, int8_bundle: Path, work: Path) -> dict[str, Any]:
@@ -78,7 +66,10 @@ def bench_heads(bundle: Path, int8_bundle: Path, work: Path) -> dict[str, Any]:
             metrics = run_training(config, compare=False, progress=False)["metrics"]
             row[precision] = {m: _number(metrics.get(m)) for m in METRICS}
             vectors[precision] = EmbeddingCache.load(cache).parts["text"]
-        row["text_neighbour_overlap_at_10"] = neighbour_overlap(vectors["fp32"], vectors["int8"])
+        (work / corpus / "overlap").mkdir()
+        row["text_neighbour_overlap_at_10"] = neighbour_overlap(
+            vectors["fp32"], vectors["int8"], work / corpus / "overlap", queries=500
+        )[0]
         out[corpus] = row
     return out
 
